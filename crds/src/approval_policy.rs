@@ -1,0 +1,83 @@
+//! ApprovalPolicy: which changes need a second person (DESIGN.md §4).
+
+use crate::status::ResourceStatus;
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+/// Says which kinds and operations need a second person's approval.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[kube(
+    group = "platform.countersign.dev",
+    version = "v1alpha1",
+    kind = "ApprovalPolicy",
+    status = "ResourceStatus",
+    shortname = "ap",
+    category = "countersign",
+    printcolumn(name = "Ready", type_ = "string", json_path = r#".status.conditions[?(@.type=="Ready")].status"#),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    printcolumn(name = "Message", type_ = "string", priority = 1, json_path = r#".status.conditions[?(@.type=="Ready")].message"#)
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ApprovalPolicySpec {
+    /// Which kinds and operations need approval; at least one rule.
+    #[schemars(length(min = 1))]
+    pub rules: Vec<ApprovalRule>,
+    /// How long a change request stays open, in seconds (default 7 days).
+    #[serde(default = "default_ttl")]
+    #[schemars(range(min = 60, max = 7776000))]
+    pub request_ttl_seconds: i64,
+    /// Usernames of the GitOps service accounts (e.g.
+    /// system:serviceaccount:argocd:argocd-application-controller) that may
+    /// declare another person as requester.
+    #[serde(default)]
+    #[schemars(inner(regex(pattern = "^system:serviceaccount:[a-z0-9]([-a-z0-9]*[a-z0-9])?:[a-z0-9]([-.a-z0-9]*[a-z0-9])?$")))]
+    #[x_kube(merge_strategy = ListMerge::Set)]
+    pub gitops_service_accounts: Vec<String>,
+}
+
+fn default_ttl() -> i64 {
+    7 * 24 * 3600
+}
+
+/// One set of kinds and operations that need a second person.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ApprovalRule {
+    /// The kinds the rule covers.
+    #[schemars(length(min = 1))]
+    #[x_kube(merge_strategy = ListMerge::Set)]
+    pub kinds: Vec<GuardedKind>,
+    /// The operations the rule covers.
+    #[schemars(length(min = 1))]
+    #[x_kube(merge_strategy = ListMerge::Set)]
+    pub operations: Vec<Operation>,
+}
+
+/// Kinds an ApprovalPolicy can guard.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, schemars::JsonSchema)]
+pub enum GuardedKind {
+    /// Tenants.
+    Tenant,
+    /// Identity providers.
+    IdentityProvider,
+    /// Group mappings.
+    GroupMapping,
+    /// Webhook subscriptions.
+    WebhookSubscription,
+    /// Fronting links.
+    FrontingLink,
+    /// License grants.
+    LicenseGrant,
+}
+
+/// Operations an ApprovalPolicy can guard.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, schemars::JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Operation {
+    /// Creating the row.
+    Create,
+    /// Changing the row.
+    Update,
+    /// Deleting the row.
+    Delete,
+}

@@ -1,0 +1,66 @@
+//! Countersign's custom resources: the Rust types are the single source of
+//! truth, and `crdgen` writes the CRD YAML under `crds/yaml/` from them.
+
+pub mod approval_policy;
+pub mod common;
+pub mod fronting_link;
+pub mod group_mapping;
+pub mod identity_provider;
+pub mod license_grant;
+pub mod status;
+pub mod tenant;
+pub mod webhook_subscription;
+
+pub use approval_policy::{ApprovalPolicy, ApprovalPolicySpec};
+pub use common::{DeletionPolicy, ObjectRef, SecretKeyRef};
+pub use fronting_link::{FrontingLink, FrontingLinkSpec};
+pub use group_mapping::{GroupMapping, GroupMappingSpec};
+pub use identity_provider::{IdentityProvider, IdentityProviderSpec};
+pub use license_grant::{LicenseGrant, LicenseGrantSpec};
+pub use status::{Condition, ConditionStatus, ResourceStatus};
+pub use tenant::{Tenant, TenantSpec};
+pub use webhook_subscription::{WebhookSubscription, WebhookSubscriptionSpec};
+
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::CustomResourceExt;
+
+/// The API group every Countersign kind belongs to.
+pub const GROUP: &str = "platform.countersign.dev";
+/// The one served and stored API version.
+pub const VERSION: &str = "v1alpha1";
+
+/// Annotation keys of the two-person protocol and ownership (DESIGN.md §3, §4).
+pub mod annotations {
+    /// Who asked for the change: the git author or the kubectl user.
+    pub const REQUESTED_BY: &str = "countersign.dev/requested-by";
+    /// The approving user; must differ from the requester.
+    pub const APPROVED_BY: &str = "countersign.dev/approved-by";
+    /// The digest the approver saw; an approval never carries over to another digest.
+    pub const APPROVED_DIGEST: &str = "countersign.dev/approved-digest";
+    /// The rejecting user.
+    pub const REJECTED_BY: &str = "countersign.dev/rejected-by";
+    /// The digest that was rejected.
+    pub const REJECTED_DIGEST: &str = "countersign.dev/rejected-digest";
+    /// Optional free-text reason for a rejection.
+    pub const REJECTED_REASON: &str = "countersign.dev/rejected-reason";
+    /// Set to "true" to let this object take over a row made outside the operator.
+    pub const ADOPT: &str = "countersign.dev/adopt";
+}
+
+/// Every CRD in install order: the kinds others reference come first.
+pub fn all_crds() -> Vec<CustomResourceDefinition> {
+    vec![
+        Tenant::crd(),
+        ApprovalPolicy::crd(),
+        IdentityProvider::crd(),
+        GroupMapping::crd(),
+        WebhookSubscription::crd(),
+        FrontingLink::crd(),
+        LicenseGrant::crd(),
+    ]
+}
+
+/// Renders one CRD as the YAML document `crdgen` writes.
+pub fn crd_yaml(crd: &CustomResourceDefinition) -> Result<String, serde_norway::Error> {
+    serde_norway::to_string(crd)
+}
