@@ -13,9 +13,22 @@ use serde::{Deserialize, Serialize};
     status = "ResourceStatus",
     shortname = "ap",
     category = "countersign",
-    printcolumn(name = "Ready", type_ = "string", json_path = r#".status.conditions[?(@.type=="Ready")].status"#),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
-    printcolumn(name = "Message", type_ = "string", priority = 1, json_path = r#".status.conditions[?(@.type=="Ready")].message"#)
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = r#".status.conditions[?(@.type=="Ready")].status"#
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    ),
+    printcolumn(
+        name = "Message",
+        type_ = "string",
+        priority = 1,
+        json_path = r#".status.conditions[?(@.type=="Ready")].message"#
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct ApprovalPolicySpec {
@@ -30,7 +43,9 @@ pub struct ApprovalPolicySpec {
     /// system:serviceaccount:argocd:argocd-application-controller) that may
     /// declare another person as requester.
     #[serde(default)]
-    #[schemars(inner(regex(pattern = "^system:serviceaccount:[a-z0-9]([-a-z0-9]*[a-z0-9])?:[a-z0-9]([-.a-z0-9]*[a-z0-9])?$")))]
+    #[schemars(inner(regex(
+        pattern = "^system:serviceaccount:[a-z0-9]([-a-z0-9]*[a-z0-9])?:[a-z0-9]([-.a-z0-9]*[a-z0-9])?$"
+    )))]
     #[x_kube(merge_strategy = ListMerge::Set)]
     pub gitops_service_accounts: Vec<String>,
 }

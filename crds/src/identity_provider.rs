@@ -17,12 +17,38 @@ use serde::{Deserialize, Serialize};
     shortname = "idp",
     category = "countersign",
     printcolumn(name = "Tenant", type_ = "string", json_path = ".spec.tenantRef.name"),
-    printcolumn(name = "Ready", type_ = "string", json_path = r#".status.conditions[?(@.type=="Ready")].status"#),
-    printcolumn(name = "Reason", type_ = "string", json_path = r#".status.conditions[?(@.type=="Ready")].reason"#),
-    printcolumn(name = "Approval", type_ = "string", json_path = r#".status.conditions[?(@.type=="Approved")].reason"#),
-    printcolumn(name = "Pending", type_ = "string", priority = 1, json_path = ".status.pendingDigest"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
-    printcolumn(name = "Message", type_ = "string", priority = 1, json_path = r#".status.conditions[?(@.type=="Ready")].message"#)
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = r#".status.conditions[?(@.type=="Ready")].status"#
+    ),
+    printcolumn(
+        name = "Reason",
+        type_ = "string",
+        json_path = r#".status.conditions[?(@.type=="Ready")].reason"#
+    ),
+    printcolumn(
+        name = "Approval",
+        type_ = "string",
+        json_path = r#".status.conditions[?(@.type=="Approved")].reason"#
+    ),
+    printcolumn(
+        name = "Pending",
+        type_ = "string",
+        priority = 1,
+        json_path = ".status.pendingDigest"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    ),
+    printcolumn(
+        name = "Message",
+        type_ = "string",
+        priority = 1,
+        json_path = r#".status.conditions[?(@.type=="Ready")].message"#
+    )
 )]
 #[x_kube(validation = Rule::new("has(self.oidc) != has(self.saml)").message("spec: set exactly one of spec.oidc or spec.saml"))]
 #[serde(rename_all = "camelCase")]
@@ -52,7 +78,9 @@ fn default_true() -> bool {
 }
 
 /// What deleting an IdentityProvider does.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema)]
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema,
+)]
 pub enum IdpDeletionPolicy {
     /// Soft-delete the provider; refused while GroupMappings still reference it.
     #[default]
@@ -175,7 +203,9 @@ fn default_groups_path() -> String {
 }
 
 /// The shape of the groups claim.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema)]
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum GroupsClaimFormat {
     /// A JSON array of strings (the reference default).

@@ -16,11 +16,32 @@ use serde::{Deserialize, Serialize};
     shortname = "tnt",
     category = "countersign",
     printcolumn(name = "Slug", type_ = "string", json_path = ".spec.slug"),
-    printcolumn(name = "Ready", type_ = "string", json_path = r#".status.conditions[?(@.type=="Ready")].status"#),
-    printcolumn(name = "Reason", type_ = "string", json_path = r#".status.conditions[?(@.type=="Ready")].reason"#),
-    printcolumn(name = "Approval", type_ = "string", json_path = r#".status.conditions[?(@.type=="Approved")].reason"#),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
-    printcolumn(name = "Message", type_ = "string", priority = 1, json_path = r#".status.conditions[?(@.type=="Ready")].message"#)
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = r#".status.conditions[?(@.type=="Ready")].status"#
+    ),
+    printcolumn(
+        name = "Reason",
+        type_ = "string",
+        json_path = r#".status.conditions[?(@.type=="Ready")].reason"#
+    ),
+    printcolumn(
+        name = "Approval",
+        type_ = "string",
+        json_path = r#".status.conditions[?(@.type=="Approved")].reason"#
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    ),
+    printcolumn(
+        name = "Message",
+        type_ = "string",
+        priority = 1,
+        json_path = r#".status.conditions[?(@.type=="Ready")].message"#
+    )
 )]
 #[x_kube(validation = Rule::new("!has(self.parentTenant) || self.parentTenant != self.slug").message("spec.parentTenant: a tenant cannot be its own parent"))]
 #[serde(rename_all = "camelCase")]
@@ -67,7 +88,9 @@ pub struct TenantSpec {
 }
 
 /// Lifecycle status of a tenant.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema)]
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema,
+)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum TenantLifecycle {
     /// The tenant is in service.

@@ -1,1 +1,11 @@
-//! x
+//! The Countersign operator: wires the reconcile pipelines to the Kubernetes
+//! API, serves health and metrics, and provides the CLI's commands.
+
+pub mod controller;
+pub mod error;
+pub mod health;
+pub mod metrics;
+pub mod run;
+
+pub use error::Error;
+pub use run::{RunOptions, run};

@@ -1,1 +1,17 @@
-//! x
+//! Countersign's reconcile pipelines, one module per kind, each the same
+//! shape: resolve references (I/O) → validate (pure) → plan desired vs actual
+//! (pure) → apply in one transaction → compute status (pure).
+//!
+//! This crate knows the API database and the CRD types but not the Kubernetes
+//! API: the operator feeds it objects and writes back what it returns.
+
+pub mod audit;
+pub mod conditions;
+pub mod db;
+pub mod digest;
+pub mod error;
+pub mod outcome;
+pub mod tenant;
+
+pub use error::Error;
+pub use outcome::{Desired, Outcome};

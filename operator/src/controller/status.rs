@@ -1,0 +1,83 @@
+//! Status writes (server-side apply, one field manager, skipped when nothing
+//! changed) and events on transitions.
+
+use super::{Context, FIELD_MANAGER};
+use countersign_crds::ConditionStatus;
+use countersign_crds::ResourceStatus;
+use countersign_crds::status::{READY, STALLED, SYNCED};
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::events::{Event, EventType};
+use kube::{Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+use std::fmt::Debug;
+
+/// Writes `new` if it differs from `old`, then records an event for each
+/// condition among Ready, Synced and Stalled whose status or reason flipped.
+pub async fn write<K>(
+    api: &Api<K>,
+    obj: &K,
+    old: Option<&ResourceStatus>,
+    new: &ResourceStatus,
+    ctx: &Context,
+) -> Result<(), kube::Error>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug,
+{
+    if old == Some(new) {
+        return Ok(());
+    }
+    let patch = serde_json::json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "status": new,
+    });
+    api.patch_status(
+        &obj.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
+    for type_ in [READY, SYNCED, STALLED] {
+        let before = old
+            .and_then(|s| s.condition(type_))
+            .map(|c| (c.status, c.reason.clone()));
+        let Some(after) = new.condition(type_) else {
+            continue;
+        };
+        if before == Some((after.status, after.reason.clone())) {
+            continue;
+        }
+        // Stalled=False and Synced=True are the quiet defaults, not news.
+        let quiet = (type_ == STALLED && after.status == ConditionStatus::False)
+            || (type_ == SYNCED && after.status == ConditionStatus::True && before.is_none());
+        if quiet || after.status == ConditionStatus::Unknown {
+            continue;
+        }
+        let warning = (type_ == READY
+            && after.status == ConditionStatus::False
+            && new
+                .condition(STALLED)
+                .is_some_and(|s| s.status == ConditionStatus::True))
+            || (type_ == SYNCED && after.status == ConditionStatus::False)
+            || (type_ == STALLED && after.status == ConditionStatus::True);
+        let event = Event {
+            type_: if warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: after.reason.clone(),
+            note: Some(format!(
+                "{type_}={}: {}",
+                after.status.as_str(),
+                after.message
+            )),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
+        if let Err(e) = ctx.recorder.publish(&event, &obj.object_ref(&())).await {
+            tracing::warn!(error = %e, "could not record event");
+        }
+    }
+    Ok(())
+}

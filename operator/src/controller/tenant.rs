@@ -1,0 +1,111 @@
+//! The Tenant controller.
+
+use super::{Context, FINALIZER, status};
+use crate::Error;
+use crate::metrics::{ErrorLabels, KindLabels, ReconcileLabels};
+use countersign_crds::Tenant;
+use countersign_reconcilers::tenant as pipeline;
+use futures::StreamExt;
+use kube::ResourceExt;
+use kube::api::Api;
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::runtime::watcher;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Runs the Tenant controller until `shutdown` resolves.
+pub async fn run(
+    ctx: Arc<Context>,
+    selector: Option<String>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let api: Api<Tenant> = Api::all(ctx.client.clone());
+    let mut config = watcher::Config::default().any_semantic();
+    if let Some(sel) = &selector {
+        config = config.labels(sel);
+    }
+    Controller::new(api, config)
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|res| async move {
+            if let Err(e) = res {
+                tracing::debug!(error = %e, "tenant reconcile failed");
+            }
+        })
+        .await;
+}
+
+async fn reconcile(tenant: Arc<Tenant>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
+    let api: Api<Tenant> = Api::all(ctx.client.clone());
+    let result = finalizer(&api, FINALIZER, tenant.clone(), |event| async {
+        match event {
+            Finalizer::Apply(t) => apply(&api, &t, &ctx).await,
+            Finalizer::Cleanup(t) => {
+                pipeline::cleanup(&t, &ctx.pool, &ctx.actor).await?;
+                Ok(Action::await_change())
+            }
+        }
+    })
+    .await
+    .map_err(|e| match e {
+        kube::runtime::finalizer::Error::ApplyFailed(e)
+        | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
+        other => Error::Finalizer(other.to_string()),
+    });
+    let kind = KindLabels {
+        kind: pipeline::KIND.into(),
+    };
+    ctx.metrics
+        .duration
+        .get_or_create(&kind)
+        .observe(started.elapsed().as_secs_f64());
+    let ok = result.is_ok();
+    ctx.metrics
+        .reconciles
+        .get_or_create(&ReconcileLabels {
+            kind: pipeline::KIND.into(),
+            result: if ok { "ok" } else { "error" }.into(),
+        })
+        .inc();
+    if ok {
+        ctx.backoff.reset(&tenant.uid().unwrap_or_default());
+    }
+    result
+}
+
+async fn apply(api: &Api<Tenant>, tenant: &Tenant, ctx: &Context) -> Result<Action, Error> {
+    let generation = tenant.metadata.generation;
+    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let previous = tenant.status.as_ref();
+    match pipeline::reconcile(tenant, &ctx.pool, &ctx.actor).await {
+        Ok(outcome) => {
+            let new = outcome.status(previous, generation, &now);
+            status::write(api, tenant, previous, &new, ctx).await?;
+            Ok(outcome
+                .requeue_after
+                .map_or_else(Action::await_change, Action::requeue))
+        }
+        Err(e) => {
+            let new = pipeline::unavailable(&e).status(previous, generation, &now);
+            if let Err(write_err) = status::write(api, tenant, previous, &new, ctx).await {
+                tracing::warn!(error = %write_err, "could not report the failure in status");
+            }
+            Err(e.into())
+        }
+    }
+}
+
+fn error_policy(tenant: Arc<Tenant>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics
+        .errors
+        .get_or_create(&ErrorLabels {
+            kind: pipeline::KIND.into(),
+            reason: error.reason().into(),
+        })
+        .inc();
+    let delay = ctx.backoff.next_delay(&tenant.uid().unwrap_or_default());
+    tracing::warn!(tenant = %tenant.name_any(), reason = error.reason(), error = %error, retry_in = ?delay, "reconcile failed");
+    Action::requeue(delay)
+}

@@ -1,0 +1,30 @@
+//! The operator's error type.
+
+/// Why a reconcile or the operator itself failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The pipeline failed (database, schema, encoding).
+    #[error(transparent)]
+    Reconcile(#[from] countersign_reconcilers::Error),
+    /// The Kubernetes API refused or could not be reached.
+    #[error("kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    /// Adding or removing the finalizer failed.
+    #[error("finalizer: {0}")]
+    Finalizer(String),
+    /// A precondition for starting does not hold.
+    #[error("{0}")]
+    Startup(String),
+}
+
+impl Error {
+    /// The CamelCase reason used as the metric label.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Reconcile(e) => e.reason(),
+            Self::Kube(_) => "KubernetesApiError",
+            Self::Finalizer(_) => "FinalizerFailed",
+            Self::Startup(_) => "StartupFailed",
+        }
+    }
+}

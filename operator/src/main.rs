@@ -1,0 +1,120 @@
+//! `countersign`: the operator binary.
+
+use clap::{Parser, Subcommand};
+use countersign_operator::RunOptions;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+
+/// Countersign: reconciles platform admin objects from Kubernetes into the API database.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    /// PostgreSQL URL of the platform's API database.
+    #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
+    database_url: Option<String>,
+    /// Log as JSON lines instead of human-readable text.
+    #[arg(long, env = "COUNTERSIGN_LOG_JSON", global = true)]
+    log_json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the controllers (kubeconfig from KUBECONFIG or in-cluster).
+    Run {
+        /// Address of /healthz, /readyz and /metrics.
+        #[arg(long, env = "COUNTERSIGN_HEALTH_ADDR", default_value = "0.0.0.0:8080")]
+        health_addr: SocketAddr,
+        /// Only reconcile objects whose labels match this selector.
+        #[arg(long, env = "COUNTERSIGN_SELECTOR")]
+        selector: Option<String>,
+        /// The identity written to the audit log as actor.
+        #[arg(long, env = "COUNTERSIGN_ACTOR", default_value = "countersign")]
+        actor: String,
+        /// This instance's name (e.g. the pod name), shown on events.
+        #[arg(long, env = "POD_NAME")]
+        instance: Option<String>,
+    },
+    /// Apply pending schema migrations to the API database.
+    Migrate,
+    /// Check that the database is at the schema version this build understands.
+    CheckSchema,
+    /// Verify the audit log's hash chain and report the first broken link.
+    VerifyAudit,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.log_json);
+    match dispatch(cli).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    let url = cli
+        .database_url
+        .ok_or_else(|| anyhow::anyhow!("no database: set --database-url or DATABASE_URL"))?;
+    let pool = countersign_reconcilers::db::connect(&url).await?;
+    match cli.command {
+        Command::Migrate => {
+            countersign_reconcilers::db::migrate(&pool).await?;
+            let version = countersign_reconcilers::db::check_schema(&pool).await?;
+            println!("API database at schema version {version}");
+        }
+        Command::CheckSchema => {
+            let version = countersign_reconcilers::db::check_schema(&pool).await?;
+            println!("API database at schema version {version}, as this build expects");
+        }
+        Command::VerifyAudit => {
+            let v = countersign_reconcilers::audit::verify(&pool).await?;
+            match v.broken {
+                None => println!("audit chain intact: {} entries verified", v.entries),
+                Some(b) => {
+                    println!("audit chain broken at seq {}: {}", b.seq, b.problem);
+                    return Ok(ExitCode::FAILURE);
+                }
+            }
+        }
+        Command::Run {
+            health_addr,
+            selector,
+            actor,
+            instance,
+        } => {
+            let client = kube::Client::try_default().await?;
+            countersign_operator::run(
+                client,
+                pool,
+                RunOptions {
+                    health_addr,
+                    selector,
+                    actor,
+                    instance,
+                },
+            )
+            .await?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn init_tracing(json: bool) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,kube=warn,sqlx=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}

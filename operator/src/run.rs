@@ -1,0 +1,168 @@
+//! Starting and stopping the operator.
+
+use crate::Error;
+use crate::controller::{self, Context};
+use crate::health::{self, Readiness};
+use crate::metrics::Metrics;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::Client;
+use kube::api::Api;
+use kube::runtime::events::{Recorder, Reporter};
+use sqlx::PgPool;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// How the operator runs.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    /// Address of the health and metrics server.
+    pub health_addr: SocketAddr,
+    /// Only reconcile objects matching this label selector (sharding, tests).
+    pub selector: Option<String>,
+    /// The identity recorded as actor in the audit log and as event reporter.
+    pub actor: String,
+    /// This instance's name (pod name), for events.
+    pub instance: Option<String>,
+}
+
+/// A started operator.
+pub struct Running {
+    /// Where /healthz, /readyz and /metrics are served.
+    pub health_addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Running {
+    /// Stops the controllers and the server and waits for them.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+
+    /// Waits until the operator stops by itself (or forever).
+    pub async fn wait(self) {
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+
+    /// Asks the operator to stop, without waiting.
+    pub fn trigger_shutdown(&self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+/// Refuses to start unless every CRD is established.
+pub async fn check_crds(client: &Client) -> Result<(), Error> {
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for crd in countersign_crds::all_crds() {
+        let name = crd.metadata.name.unwrap_or_default();
+        let established = api
+            .get_opt(&name)
+            .await?
+            .and_then(|c| c.status)
+            .and_then(|s| s.conditions)
+            .is_some_and(|cs| {
+                cs.iter()
+                    .any(|c| c.type_ == "Established" && c.status == "True")
+            });
+        if !established {
+            return Err(Error::Startup(format!(
+                "CRD {name} is not installed or not established; apply crds/yaml/ first"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Checks the preconditions and starts the controllers and the health server.
+pub async fn start(client: Client, pool: PgPool, options: RunOptions) -> Result<Running, Error> {
+    countersign_reconcilers::db::check_schema(&pool).await?;
+    check_crds(&client).await?;
+    let metrics = Arc::new(Metrics::default());
+    let ready = Arc::new(Readiness::default());
+    let (stop, stopped) = watch::channel(false);
+    let wait_stop = move || {
+        let mut rx = stopped.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+    let (health_addr, server) = health::serve(
+        options.health_addr,
+        ready.clone(),
+        metrics.clone(),
+        wait_stop(),
+    )
+    .await
+    .map_err(|e| {
+        Error::Startup(format!(
+            "cannot bind health server on {}: {e}",
+            options.health_addr
+        ))
+    })?;
+    let reporter = Reporter {
+        controller: options.actor.clone(),
+        instance: options.instance.clone(),
+    };
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        pool,
+        recorder: Recorder::new(client, reporter),
+        metrics,
+        backoff: Default::default(),
+        actor: options.actor.clone(),
+    });
+    let mut tasks = vec![tokio::spawn(async move {
+        if let Err(e) = server.await {
+            tracing::error!(error = %e, "health server failed");
+        }
+    })];
+    tasks.push(tokio::spawn(controller::tenant::run(
+        ctx,
+        options.selector.clone(),
+        wait_stop(),
+    )));
+    ready.set(true);
+    tracing::info!(%health_addr, "countersign operator started");
+    Ok(Running {
+        health_addr,
+        stop,
+        tasks,
+    })
+}
+
+/// Runs until SIGINT/SIGTERM.
+pub async fn run(client: Client, pool: PgPool, options: RunOptions) -> Result<(), Error> {
+    let running = start(client, pool, options).await?;
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    running.shutdown().await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

@@ -1,0 +1,60 @@
+//! What one reconcile decided, and the pure step that turns it into status.
+
+use crate::conditions::{self, DesiredCondition};
+use countersign_crds::ResourceStatus;
+use std::time::Duration;
+
+/// What a reconcile wants the object's status to say about the live row.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Desired {
+    /// Keep databaseId and liveDigest as they were (e.g. the database was away).
+    Unchanged,
+    /// This object manages no row (not created yet, conflict, deleted).
+    NotLive,
+    /// The row with this id holds the configuration with this digest.
+    Live {
+        /// Row id in the API database.
+        database_id: String,
+        /// Digest of the configuration the row holds.
+        digest: String,
+    },
+}
+
+/// The result of one pass of a kind's pipeline.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Outcome {
+    /// Conditions to set; others keep their previous value.
+    pub conditions: Vec<DesiredCondition>,
+    /// What is live.
+    pub live: Desired,
+    /// Come back after this long even if nothing changes (dependencies,
+    /// conflicts that may clear).
+    pub requeue_after: Option<Duration>,
+}
+
+impl Outcome {
+    /// The status the object should carry after this outcome.
+    pub fn status(
+        &self,
+        previous: Option<&ResourceStatus>,
+        generation: Option<i64>,
+        now: &str,
+    ) -> ResourceStatus {
+        let previous = previous.cloned().unwrap_or_default();
+        let (database_id, live_digest) = match &self.live {
+            Desired::Unchanged => (previous.database_id.clone(), previous.live_digest.clone()),
+            Desired::NotLive => (None, None),
+            Desired::Live {
+                database_id,
+                digest,
+            } => (Some(database_id.clone()), Some(digest.clone())),
+        };
+        ResourceStatus {
+            observed_generation: generation,
+            conditions: conditions::merge(&previous.conditions, &self.conditions, generation, now),
+            database_id,
+            live_digest,
+            pending_digest: previous.pending_digest,
+        }
+    }
+}

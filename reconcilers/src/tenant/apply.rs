@@ -1,0 +1,161 @@
+//! Writes a plan in one transaction, with its audit entry.
+
+use super::KIND;
+use super::plan::{Plan, Values};
+use crate::audit::{self, Entry};
+use crate::db::{self, Ownership};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+/// Who and what a write is attributed to.
+#[derive(Clone, Debug)]
+pub struct Attribution {
+    /// The operator's identity, recorded as actor.
+    pub actor: String,
+    /// The requested-by annotation, if any.
+    pub requester: Option<String>,
+    /// uid of the object.
+    pub uid: String,
+    /// Name of the object.
+    pub name: String,
+    /// Digest of the spec being written.
+    pub digest: String,
+}
+
+/// Executes a plan. Returns the row id written, or None for plans that write nothing.
+pub async fn apply(
+    pool: &PgPool,
+    plan: &Plan,
+    who: &Attribution,
+) -> Result<Option<Uuid>, crate::Error> {
+    let (row_id, action, adopted) = match plan {
+        Plan::WaitForParent(_)
+        | Plan::AlreadyExists { .. }
+        | Plan::Conflict { .. }
+        | Plan::Noop { .. } => return Ok(None),
+        Plan::Create(values) => {
+            let mut tx = pool.begin().await?;
+            // The object may still own a row that vanished behind its back.
+            sqlx::query("DELETE FROM managed_objects WHERE kind = $1 AND object_uid = $2")
+                .bind(KIND)
+                .bind(&who.uid)
+                .execute(&mut *tx)
+                .await?;
+            let id: Uuid = bind_values(
+                sqlx::query_scalar(
+                    "INSERT INTO tenants (slug, name, description, parent_tenant_id, status, owner_email, owner_display_name,
+                                          instance_fingerprint, branding, allowed_namespaces, created_by, updated_by)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11) RETURNING id",
+                ),
+                values,
+            )
+            .bind(&who.actor)
+            .fetch_one(&mut *tx)
+            .await?;
+            finish(tx, id, "create", false, who).await?;
+            return Ok(Some(id));
+        }
+        Plan::Update {
+            row_id,
+            values,
+            cause,
+        } => {
+            let mut tx = pool.begin().await?;
+            bind_values(
+                sqlx::query_scalar::<_, Uuid>(
+                    "UPDATE tenants SET slug = $1, name = $2, description = $3, parent_tenant_id = $4, status = $5,
+                            owner_email = $6, owner_display_name = $7, instance_fingerprint = $8, branding = $9,
+                            allowed_namespaces = $10, updated_by = $11, updated_at = now()
+                      WHERE id = $12 AND deleted_at IS NULL RETURNING id",
+                ),
+                values,
+            )
+            .bind(&who.actor)
+            .bind(row_id)
+            .fetch_one(&mut *tx)
+            .await?;
+            let adopted = *cause == super::plan::UpdateCause::Adopted;
+            finish(tx, *row_id, cause.action(), adopted, who).await?;
+            return Ok(Some(*row_id));
+        }
+        Plan::RecordDigest { row_id } => (*row_id, "record-digest", false),
+    };
+    let tx = pool.begin().await?;
+    finish(tx, row_id, action, adopted, who).await?;
+    Ok(Some(row_id))
+}
+
+fn bind_values<'q, O>(
+    q: sqlx::query::QueryScalar<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments>,
+    v: &'q Values,
+) -> sqlx::query::QueryScalar<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments> {
+    let t = &v.tenant;
+    q.bind(&t.slug)
+        .bind(&t.name)
+        .bind(&t.description)
+        .bind(v.parent_tenant_id)
+        .bind(&t.status)
+        .bind(&t.owner_email)
+        .bind(&t.owner_display_name)
+        .bind(&t.instance_fingerprint)
+        .bind(&t.branding)
+        .bind(&t.allowed_namespaces)
+}
+
+async fn finish(
+    mut tx: sqlx::Transaction<'_, sqlx::Postgres>,
+    row_id: Uuid,
+    action: &str,
+    adopted: bool,
+    who: &Attribution,
+) -> Result<(), crate::Error> {
+    let owner = Ownership {
+        row_id,
+        object_uid: who.uid.clone(),
+        object_ns: String::new(),
+        object_name: who.name.clone(),
+        digest: who.digest.clone(),
+    };
+    db::record_ownership(&mut tx, KIND, &owner, adopted).await?;
+    let mut entry = Entry::now(KIND, &who.name, action, &who.actor);
+    entry.row_id = Some(row_id);
+    entry.requester = who.requester.clone();
+    entry.digest = Some(who.digest.clone());
+    audit::append(&mut tx, &entry).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Soft-deletes (policy Delete) or releases (policy Orphan) the row this
+/// object manages, in one transaction with its audit entry. Rows it does not
+/// manage are never touched.
+pub async fn remove(
+    pool: &PgPool,
+    orphan: bool,
+    who: &Attribution,
+) -> Result<Option<Uuid>, crate::Error> {
+    let mut tx = pool.begin().await?;
+    let Some(owner) = db::owned_by_object(&mut *tx, KIND, &who.uid).await? else {
+        return Ok(None);
+    };
+    if !orphan {
+        sqlx::query("UPDATE tenants SET deleted_at = now(), deleted_by = $2, updated_at = now() WHERE id = $1 AND deleted_at IS NULL")
+            .bind(owner.row_id)
+            .bind(&who.actor)
+            .execute(&mut *tx)
+            .await?;
+    }
+    db::release_ownership(&mut tx, KIND, owner.row_id).await?;
+    let mut entry = Entry::now(
+        KIND,
+        &who.name,
+        if orphan { "orphan" } else { "delete" },
+        &who.actor,
+    );
+    entry.row_id = Some(owner.row_id);
+    entry.requester = who.requester.clone();
+    entry.digest = Some(owner.digest);
+    audit::append(&mut tx, &entry).await?;
+    tx.commit().await?;
+    Ok(Some(owner.row_id))
+}

@@ -1,0 +1,230 @@
+//! The Tenant pipeline: resolve → validate → plan → apply → status.
+
+pub mod apply;
+pub mod plan;
+pub mod resolve;
+pub mod validate;
+
+use crate::conditions::DesiredCondition;
+use crate::outcome::{Desired, Outcome};
+use apply::Attribution;
+use countersign_crds::status::{READY, RECONCILING, STALLED, SYNCED};
+use countersign_crds::{ConditionStatus, DeletionPolicy, Tenant, annotations};
+use plan::Plan;
+use sqlx::PgPool;
+use std::time::Duration;
+
+/// The kind name used in ownership records and the audit log.
+pub const KIND: &str = "Tenant";
+
+/// How often a tenant waiting on something outside itself looks again.
+const WAIT_REQUEUE: Duration = Duration::from_secs(30);
+/// How often a conflicting tenant checks whether the other claim went away.
+const CONFLICT_REQUEUE: Duration = Duration::from_secs(300);
+
+fn attribution(tenant: &Tenant, actor: &str, digest: String) -> Attribution {
+    let meta = &tenant.metadata;
+    Attribution {
+        actor: actor.to_string(),
+        requester: meta
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(annotations::REQUESTED_BY))
+            .cloned(),
+        uid: meta.uid.clone().unwrap_or_default(),
+        name: meta.name.clone().unwrap_or_default(),
+        digest,
+    }
+}
+
+fn adopt_requested(tenant: &Tenant) -> bool {
+    tenant
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(annotations::ADOPT))
+        .is_some_and(|v| v == "true")
+}
+
+/// Brings the database in line with the Tenant. Transient failures are
+/// returned as errors (the caller backs off); everything else is an outcome.
+pub async fn reconcile(
+    tenant: &Tenant,
+    pool: &PgPool,
+    actor: &str,
+) -> Result<Outcome, crate::Error> {
+    let desired = match validate::validate(&tenant.spec) {
+        Ok(d) => d,
+        Err(invalid) => return Ok(stalled("InvalidSpec", invalid.to_string())),
+    };
+    let requester = tenant
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(annotations::REQUESTED_BY));
+    let uid = tenant.metadata.uid.clone().unwrap_or_default();
+    let digest = crate::digest::change_digest(&uid, requester.map(String::as_str), &tenant.spec)?;
+    let observed =
+        resolve::observe(pool, &uid, &desired.slug, desired.parent_slug.as_deref()).await?;
+    let slug = desired.slug.clone();
+    let plan = plan::plan(desired, &observed, &uid, &digest, adopt_requested(tenant));
+    let who = attribution(tenant, actor, digest.clone());
+    let written = apply::apply(pool, &plan, &who).await?;
+    Ok(match plan {
+        Plan::WaitForParent(parent) => Outcome {
+            conditions: vec![
+                cond(
+                    READY,
+                    ConditionStatus::False,
+                    "WaitingForDependency",
+                    format!("parent tenant {parent:?} does not exist yet"),
+                ),
+                cond(
+                    SYNCED,
+                    ConditionStatus::True,
+                    "ReconcileSucceeded",
+                    "the database was read without error",
+                ),
+                cond(
+                    RECONCILING,
+                    ConditionStatus::True,
+                    "WaitingForDependency",
+                    format!("waiting for parent tenant {parent:?}"),
+                ),
+                cond(STALLED, ConditionStatus::False, "WaitingForDependency", ""),
+            ],
+            live: Desired::Unchanged,
+            requeue_after: Some(WAIT_REQUEUE),
+        },
+        Plan::AlreadyExists { row_id } => Outcome {
+            requeue_after: None,
+            ..refused(
+                "AlreadyExists",
+                format!(
+                    "spec.slug: tenant {slug:?} already exists in the API database (id {row_id}) and was not made by Countersign; \
+                     set the annotation {}=\"true\" to adopt it",
+                    annotations::ADOPT
+                ),
+            )
+        },
+        Plan::Conflict { owner } => Outcome {
+            requeue_after: Some(CONFLICT_REQUEUE),
+            ..refused(
+                "Conflict",
+                format!(
+                    "spec.slug: tenant {slug:?} is already managed by Tenant {owner:?}; nothing was changed"
+                ),
+            )
+        },
+        Plan::Create(_) | Plan::Update { .. } | Plan::RecordDigest { .. } | Plan::Noop { .. } => {
+            let row_id = written.or(match plan {
+                Plan::Noop { row_id } => Some(row_id),
+                _ => None,
+            });
+            let database_id = row_id.map(|id| id.to_string()).unwrap_or_default();
+            Outcome {
+                conditions: vec![
+                    cond(
+                        READY,
+                        ConditionStatus::True,
+                        "Live",
+                        format!("tenant {slug:?} is live in the API database"),
+                    ),
+                    cond(
+                        SYNCED,
+                        ConditionStatus::True,
+                        "ReconcileSucceeded",
+                        "the database matches the spec",
+                    ),
+                    cond(RECONCILING, ConditionStatus::False, "Live", ""),
+                    cond(STALLED, ConditionStatus::False, "Live", ""),
+                ],
+                live: Desired::Live {
+                    database_id,
+                    digest,
+                },
+                requeue_after: None,
+            }
+        }
+    })
+}
+
+/// Handles deletion of the Tenant according to its deletion policy.
+pub async fn cleanup(tenant: &Tenant, pool: &PgPool, actor: &str) -> Result<(), crate::Error> {
+    let who = attribution(tenant, actor, String::new());
+    apply::remove(
+        pool,
+        tenant.spec.deletion_policy == DeletionPolicy::Orphan,
+        &who,
+    )
+    .await?;
+    Ok(())
+}
+
+/// The outcome when the database cannot be reached: Ready keeps describing
+/// what was last known to be live.
+pub fn unavailable(error: &crate::Error) -> Outcome {
+    Outcome {
+        conditions: vec![
+            cond(
+                SYNCED,
+                ConditionStatus::False,
+                error.reason(),
+                error.public_message(),
+            ),
+            cond(
+                RECONCILING,
+                ConditionStatus::True,
+                error.reason(),
+                "retrying with back-off",
+            ),
+        ],
+        live: Desired::Unchanged,
+        requeue_after: None,
+    }
+}
+
+fn stalled(reason: &'static str, message: String) -> Outcome {
+    Outcome {
+        conditions: vec![
+            cond(READY, ConditionStatus::False, reason, message.clone()),
+            cond(
+                SYNCED,
+                ConditionStatus::False,
+                reason,
+                "the spec was rejected before reaching the database",
+            ),
+            cond(RECONCILING, ConditionStatus::False, reason, ""),
+            cond(STALLED, ConditionStatus::True, reason, message),
+        ],
+        live: Desired::Unchanged,
+        requeue_after: None,
+    }
+}
+
+fn refused(reason: &'static str, message: String) -> Outcome {
+    Outcome {
+        conditions: vec![
+            cond(READY, ConditionStatus::False, reason, message.clone()),
+            cond(
+                SYNCED,
+                ConditionStatus::True,
+                "ReconcileSucceeded",
+                "the database was read without error",
+            ),
+            cond(RECONCILING, ConditionStatus::False, reason, ""),
+            cond(STALLED, ConditionStatus::True, reason, message),
+        ],
+        live: Desired::NotLive,
+        requeue_after: None,
+    }
+}
+
+fn cond(
+    type_: &'static str,
+    status: ConditionStatus,
+    reason: &'static str,
+    message: impl Into<String>,
+) -> DesiredCondition {
+    DesiredCondition::new(type_, status, reason, message)
+}
