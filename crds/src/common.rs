@@ -25,9 +25,7 @@ pub struct SecretKeyRef {
 }
 
 /// What happens to the database row when the Kubernetes object is deleted.
-#[derive(
-    Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema,
-)]
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema)]
 pub enum DeletionPolicy {
     /// Soft-delete the row (it keeps its audit trail and `deleted_at`).
     #[default]

@@ -33,11 +33,7 @@ use std::collections::BTreeMap;
         type_ = "string",
         json_path = r#".status.conditions[?(@.type=="Approved")].reason"#
     ),
-    printcolumn(
-        name = "Age",
-        type_ = "date",
-        json_path = ".metadata.creationTimestamp"
-    ),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
     printcolumn(
         name = "Message",
         type_ = "string",
@@ -58,7 +54,7 @@ pub struct FrontingLinkSpec {
     pub target_slug: String,
     /// Source scope → the target scopes it grants; at least one entry, each
     /// with at least one target scope.
-    #[schemars(length(min = 1))]
+    #[x_kube(validation = Rule::new("size(self) > 0").message("spec.scopeMap needs at least one entry"))]
     #[x_kube(validation = Rule::new("self.all(k, size(self[k]) > 0)").message("spec.scopeMap: every source scope needs at least one target scope"))]
     pub scope_map: BTreeMap<String, Vec<String>>,
 }

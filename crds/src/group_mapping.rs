@@ -16,11 +16,7 @@ use serde::{Deserialize, Serialize};
     status = "ResourceStatus",
     shortname = "gm",
     category = "countersign",
-    printcolumn(
-        name = "Provider",
-        type_ = "string",
-        json_path = ".spec.identityProviderRef.name"
-    ),
+    printcolumn(name = "Provider", type_ = "string", json_path = ".spec.identityProviderRef.name"),
     printcolumn(name = "Group", type_ = "string", json_path = ".spec.groupName"),
     printcolumn(name = "Role", type_ = "string", json_path = ".spec.role"),
     printcolumn(
@@ -38,11 +34,7 @@ use serde::{Deserialize, Serialize};
         type_ = "string",
         json_path = r#".status.conditions[?(@.type=="Approved")].reason"#
     ),
-    printcolumn(
-        name = "Age",
-        type_ = "date",
-        json_path = ".metadata.creationTimestamp"
-    ),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
     printcolumn(
         name = "Message",
         type_ = "string",

@@ -38,11 +38,7 @@ use serde::{Deserialize, Serialize};
         priority = 1,
         json_path = ".status.pendingDigest"
     ),
-    printcolumn(
-        name = "Age",
-        type_ = "date",
-        json_path = ".metadata.creationTimestamp"
-    ),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
     printcolumn(
         name = "Message",
         type_ = "string",
@@ -78,9 +74,7 @@ fn default_true() -> bool {
 }
 
 /// What deleting an IdentityProvider does.
-#[derive(
-    Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema,
-)]
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema)]
 pub enum IdpDeletionPolicy {
     /// Soft-delete the provider; refused while GroupMappings still reference it.
     #[default]
@@ -203,9 +197,7 @@ fn default_groups_path() -> String {
 }
 
 /// The shape of the groups claim.
-#[derive(
-    Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema,
-)]
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum GroupsClaimFormat {
     /// A JSON array of strings (the reference default).

@@ -1,6 +1,10 @@
 //! Countersign's custom resources: the Rust types are the single source of
 //! truth, and `crdgen` writes the CRD YAML under `crds/yaml/` from them.
 
+// kube's `printcolumn(...)` repeats `type_ = ...` once per column, which this
+// lint mistakes for a duplicated attribute.
+#![allow(clippy::duplicated_attributes)]
+
 pub mod approval_policy;
 pub mod common;
 pub mod fronting_link;

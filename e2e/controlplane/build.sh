@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds the pinned kube-apiserver and etcd from their Go modules into the
+# Builds the pinned kube-apiserver, kubectl and etcd from their Go modules into the
 # cache (default ~/.cache/countersign, override with COUNTERSIGN_CACHE), and
 # reuses binaries already built for the same pinned versions.
 # Prints the directory holding the binaries on its last line.
@@ -25,15 +25,21 @@ if [ ! -x "$bin/etcd" ]; then
   (cd "$here/etcd" && go build -trimpath -o "$bin/etcd.tmp" . && mv "$bin/etcd.tmp" "$bin/etcd")
 fi
 
-if [ ! -x "$bin/kube-apiserver" ]; then
-  echo "building kube-apiserver $kube_version (first run only; several minutes)" >&2
+# Builds one command of the pinned k8s.io/kubernetes module, stamped with its
+# version so clients do not see v0.0.0.
+build_kube() {
+  local cmd=$1 minor pkg ldflags
+  [ -x "$bin/$cmd" ] && return 0
+  echo "building $cmd $kube_version (first run only)" >&2
   minor=${kube_version#v1.}; minor=${minor%%.*}
   pkg=k8s.io/component-base/version
   ldflags="-s -w -X $pkg.gitVersion=$kube_version -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
   ldflags="$ldflags -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
   (cd "$here/kube-apiserver" &&
-    go build -trimpath -ldflags "$ldflags" -o "$bin/kube-apiserver.tmp" k8s.io/kubernetes/cmd/kube-apiserver &&
-    mv "$bin/kube-apiserver.tmp" "$bin/kube-apiserver")
-fi
+    go build -trimpath -ldflags "$ldflags" -o "$bin/$cmd.tmp" "k8s.io/kubernetes/cmd/$cmd" &&
+    mv "$bin/$cmd.tmp" "$bin/$cmd")
+}
+build_kube kube-apiserver
+build_kube kubectl
 
 echo "$bin"

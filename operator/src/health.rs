@@ -37,10 +37,7 @@ pub async fn serve(
     ready: Arc<Readiness>,
     metrics: Arc<Metrics>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<(
-    SocketAddr,
-    impl std::future::Future<Output = std::io::Result<()>>,
-)> {
+) -> std::io::Result<(SocketAddr, impl std::future::Future<Output = std::io::Result<()>>)> {
     let app = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route(
@@ -69,8 +66,6 @@ pub async fn serve(
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
     Ok((bound, async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await
+        axum::serve(listener, app).with_graceful_shutdown(shutdown).await
     }))
 }

@@ -35,6 +35,9 @@ enum Command {
         /// This instance's name (e.g. the pod name), shown on events.
         #[arg(long, env = "POD_NAME")]
         instance: Option<String>,
+        /// Seconds between drift checks of settled objects against the database.
+        #[arg(long, env = "COUNTERSIGN_RESYNC_SECONDS", default_value_t = 300)]
+        resync_seconds: u64,
     },
     /// Apply pending schema migrations to the API database.
     Migrate,
@@ -87,6 +90,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             selector,
             actor,
             instance,
+            resync_seconds,
         } => {
             let client = kube::Client::try_default().await?;
             countersign_operator::run(
@@ -97,6 +101,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                     selector,
                     actor,
                     instance,
+                    resync: std::time::Duration::from_secs(resync_seconds),
                 },
             )
             .await?;
@@ -107,8 +112,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
 
 fn init_tracing(json: bool) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("info,kube=warn,sqlx=warn"));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,kube=warn,sqlx=warn"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

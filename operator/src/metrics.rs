@@ -51,11 +51,7 @@ impl Default for Metrics {
         let duration = Family::<KindLabels, Histogram>::new_with_constructor(|| {
             Histogram::new(exponential_buckets(0.001, 2.0, 14))
         });
-        registry.register(
-            "reconciles",
-            "Reconciles by kind and result",
-            reconciles.clone(),
-        );
+        registry.register("reconciles", "Reconciles by kind and result", reconciles.clone());
         registry.register(
             "reconcile_errors",
             "Reconcile errors by kind and reason",

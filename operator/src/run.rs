@@ -14,6 +14,9 @@ use std::sync::Arc;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+/// How long shutdown waits for each task before aborting it.
+pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// How the operator runs.
 #[derive(Clone, Debug)]
 pub struct RunOptions {
@@ -25,6 +28,8 @@ pub struct RunOptions {
     pub actor: String,
     /// This instance's name (pod name), for events.
     pub instance: Option<String>,
+    /// How often settled objects are re-checked against the database for drift.
+    pub resync: std::time::Duration,
 }
 
 /// A started operator.
@@ -36,11 +41,15 @@ pub struct Running {
 }
 
 impl Running {
-    /// Stops the controllers and the server and waits for them.
+    /// Stops the controllers and the server and waits for them, at most
+    /// [`SHUTDOWN_GRACE`] each (an idle keep-alive client must not hold the
+    /// operator up).
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
-        for t in self.tasks {
-            let _ = t.await;
+        for mut t in self.tasks {
+            if tokio::time::timeout(SHUTDOWN_GRACE, &mut t).await.is_err() {
+                t.abort();
+            }
         }
     }
 
@@ -67,10 +76,7 @@ pub async fn check_crds(client: &Client) -> Result<(), Error> {
             .await?
             .and_then(|c| c.status)
             .and_then(|s| s.conditions)
-            .is_some_and(|cs| {
-                cs.iter()
-                    .any(|c| c.type_ == "Established" && c.status == "True")
-            });
+            .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Established" && c.status == "True"));
         if !established {
             return Err(Error::Startup(format!(
                 "CRD {name} is not installed or not established; apply crds/yaml/ first"
@@ -93,19 +99,9 @@ pub async fn start(client: Client, pool: PgPool, options: RunOptions) -> Result<
             let _ = rx.wait_for(|s| *s).await;
         }
     };
-    let (health_addr, server) = health::serve(
-        options.health_addr,
-        ready.clone(),
-        metrics.clone(),
-        wait_stop(),
-    )
-    .await
-    .map_err(|e| {
-        Error::Startup(format!(
-            "cannot bind health server on {}: {e}",
-            options.health_addr
-        ))
-    })?;
+    let (health_addr, server) = health::serve(options.health_addr, ready.clone(), metrics.clone(), wait_stop())
+        .await
+        .map_err(|e| Error::Startup(format!("cannot bind health server on {}: {e}", options.health_addr)))?;
     let reporter = Reporter {
         controller: options.actor.clone(),
         instance: options.instance.clone(),
@@ -117,6 +113,7 @@ pub async fn start(client: Client, pool: PgPool, options: RunOptions) -> Result<
         metrics,
         backoff: Default::default(),
         actor: options.actor.clone(),
+        resync: options.resync,
     });
     let mut tasks = vec![tokio::spawn(async move {
         if let Err(e) = server.await {
@@ -150,14 +147,13 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                    return;
-                }
-            };
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
         tokio::select! {
             _ = ctrl_c => {},
             _ = term.recv() => {},

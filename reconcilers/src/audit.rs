@@ -64,18 +64,14 @@ impl Entry {
 }
 
 /// Appends an entry inside the caller's transaction.
-pub async fn append(
-    tx: &mut Transaction<'_, Postgres>,
-    entry: &Entry,
-) -> Result<String, crate::Error> {
+pub async fn append(tx: &mut Transaction<'_, Postgres>, entry: &Entry) -> Result<String, crate::Error> {
     sqlx::query("SELECT pg_advisory_xact_lock($1)")
         .bind(CHAIN_LOCK)
         .execute(&mut **tx)
         .await?;
-    let prev: Option<String> =
-        sqlx::query_scalar("SELECT hash FROM audit_log ORDER BY seq DESC LIMIT 1")
-            .fetch_optional(&mut **tx)
-            .await?;
+    let prev: Option<String> = sqlx::query_scalar("SELECT hash FROM audit_log ORDER BY seq DESC LIMIT 1")
+        .fetch_optional(&mut **tx)
+        .await?;
     let prev = prev.unwrap_or_else(|| GENESIS.to_string());
     let hash = entry.chain_hash(&prev)?;
     sqlx::query(
@@ -159,10 +155,7 @@ pub async fn verify(pool: &PgPool) -> Result<Verification, crate::Error> {
         }
         expected_prev = hash;
     }
-    Ok(Verification {
-        entries,
-        broken: None,
-    })
+    Ok(Verification { entries, broken: None })
 }
 
 #[cfg(test)]

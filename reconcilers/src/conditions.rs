@@ -20,12 +20,7 @@ pub struct DesiredCondition {
 
 impl DesiredCondition {
     /// Shorthand constructor.
-    pub fn new(
-        type_: &'static str,
-        status: ConditionStatus,
-        reason: &'static str,
-        message: impl Into<String>,
-    ) -> Self {
+    pub fn new(type_: &'static str, status: ConditionStatus, reason: &'static str, message: impl Into<String>) -> Self {
         Self {
             type_,
             status,
@@ -38,10 +33,7 @@ impl DesiredCondition {
 const ORDER: [&str; 5] = [READY, SYNCED, APPROVED, RECONCILING, STALLED];
 
 fn rank(type_: &str) -> usize {
-    ORDER
-        .iter()
-        .position(|t| *t == type_)
-        .unwrap_or(ORDER.len())
+    ORDER.iter().position(|t| *t == type_).unwrap_or(ORDER.len())
 }
 
 /// Merges desired conditions into the previous ones.
@@ -85,11 +77,7 @@ pub fn merge(
             observed_generation: generation,
         });
     }
-    out.sort_by(|a, b| {
-        rank(&a.type_)
-            .cmp(&rank(&b.type_))
-            .then_with(|| a.type_.cmp(&b.type_))
-    });
+    out.sort_by(|a, b| rank(&a.type_).cmp(&rank(&b.type_)).then_with(|| a.type_.cmp(&b.type_)));
     out
 }
 
@@ -132,12 +120,7 @@ mod tests {
 
     #[test]
     fn unmentioned_conditions_are_kept_and_ready_always_exists() {
-        let first = merge(
-            &[],
-            &[DesiredCondition::new(SYNCED, True, "Ok", "")],
-            Some(1),
-            "t1",
-        );
+        let first = merge(&[], &[DesiredCondition::new(SYNCED, True, "Ok", "")], Some(1), "t1");
         assert_eq!(first.len(), 2);
         assert_eq!(first[0].type_, READY);
         assert_eq!(first[0].status, ConditionStatus::Unknown);
@@ -156,10 +139,7 @@ mod tests {
 
     #[test]
     fn merging_the_same_desired_twice_is_a_fixed_point() {
-        let want = [
-            ready(True, "Live"),
-            DesiredCondition::new(SYNCED, True, "Ok", ""),
-        ];
+        let want = [ready(True, "Live"), DesiredCondition::new(SYNCED, True, "Ok", "")];
         let once = merge(&[], &want, Some(3), "t1");
         let twice = merge(&once, &want, Some(3), "t9");
         assert_eq!(once, twice);

@@ -43,10 +43,9 @@ pub async fn check_schema(pool: &PgPool) -> Result<i64, crate::Error> {
             "the API database has no Countersign schema (this build needs version {known}); run `countersign migrate`"
         )));
     }
-    let rows =
-        sqlx::query("SELECT version, checksum, success FROM _sqlx_migrations ORDER BY version")
-            .fetch_all(pool)
-            .await?;
+    let rows = sqlx::query("SELECT version, checksum, success FROM _sqlx_migrations ORDER BY version")
+        .fetch_all(pool)
+        .await?;
     let mut applied = 0;
     for row in rows {
         let version: i64 = row.try_get("version")?;
@@ -105,11 +104,7 @@ impl Ownership {
 }
 
 /// The ownership record of a row, if any object manages it.
-pub async fn owner_of_row<'e, E>(
-    executor: E,
-    kind: &str,
-    row_id: Uuid,
-) -> Result<Option<Ownership>, sqlx::Error>
+pub async fn owner_of_row<'e, E>(executor: E, kind: &str, row_id: Uuid) -> Result<Option<Ownership>, sqlx::Error>
 where
     E: sqlx::PgExecutor<'e>,
 {
@@ -123,11 +118,7 @@ where
 }
 
 /// The ownership record of an object, if it manages a row.
-pub async fn owned_by_object<'e, E>(
-    executor: E,
-    kind: &str,
-    uid: &str,
-) -> Result<Option<Ownership>, sqlx::Error>
+pub async fn owned_by_object<'e, E>(executor: E, kind: &str, uid: &str) -> Result<Option<Ownership>, sqlx::Error>
 where
     E: sqlx::PgExecutor<'e>,
 {

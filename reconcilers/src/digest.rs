@@ -41,8 +41,7 @@ mod tests {
     #[test]
     fn key_order_does_not_change_the_digest() {
         let a = json!({"b": 1, "a": {"y": 2, "x": 3}});
-        let b: serde_json::Value =
-            serde_json::from_str(r#"{"a":{"x":3,"y":2},"b":1}"#).expect("json");
+        let b: serde_json::Value = serde_json::from_str(r#"{"a":{"x":3,"y":2},"b":1}"#).expect("json");
         assert_eq!(
             change_digest("u", Some("alice"), &a).ok(),
             change_digest("u", Some("alice"), &b).ok()
@@ -53,14 +52,8 @@ mod tests {
     fn uid_requester_and_spec_each_change_the_digest() {
         let spec = json!({"slug": "acme"});
         let base = change_digest("u1", Some("alice"), &spec).expect("digest");
-        assert_ne!(
-            base,
-            change_digest("u2", Some("alice"), &spec).expect("digest")
-        );
-        assert_ne!(
-            base,
-            change_digest("u1", Some("bob"), &spec).expect("digest")
-        );
+        assert_ne!(base, change_digest("u2", Some("alice"), &spec).expect("digest"));
+        assert_ne!(base, change_digest("u1", Some("bob"), &spec).expect("digest"));
         assert_ne!(base, change_digest("u1", None, &spec).expect("digest"));
         assert_ne!(
             base,

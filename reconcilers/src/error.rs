@@ -34,10 +34,7 @@ impl Error {
     /// bounded in length.
     pub fn public_message(&self) -> String {
         let text = match self {
-            Self::Database(e) => format!(
-                "the API database is unreachable or failed: {}",
-                describe_sqlx(e)
-            ),
+            Self::Database(e) => format!("the API database is unreachable or failed: {}", describe_sqlx(e)),
             other => other.to_string(),
         };
         crate::conditions::truncate(&text, 512)

@@ -34,20 +34,12 @@ pub struct Outcome {
 
 impl Outcome {
     /// The status the object should carry after this outcome.
-    pub fn status(
-        &self,
-        previous: Option<&ResourceStatus>,
-        generation: Option<i64>,
-        now: &str,
-    ) -> ResourceStatus {
+    pub fn status(&self, previous: Option<&ResourceStatus>, generation: Option<i64>, now: &str) -> ResourceStatus {
         let previous = previous.cloned().unwrap_or_default();
         let (database_id, live_digest) = match &self.live {
             Desired::Unchanged => (previous.database_id.clone(), previous.live_digest.clone()),
             Desired::NotLive => (None, None),
-            Desired::Live {
-                database_id,
-                digest,
-            } => (Some(database_id.clone()), Some(digest.clone())),
+            Desired::Live { database_id, digest } => (Some(database_id.clone()), Some(digest.clone())),
         };
         ResourceStatus {
             observed_generation: generation,

@@ -24,17 +24,13 @@ fn main() -> ExitCode {
             if std::fs::read_to_string(&path).ok().as_deref() != Some(yaml.as_str()) {
                 stale.push(path.display().to_string());
             }
-        } else if let Err(e) =
-            std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(&path, yaml))
-        {
+        } else if let Err(e) = std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(&path, yaml)) {
             eprintln!("cannot write {}: {e}", path.display());
             return ExitCode::FAILURE;
         }
     }
     if !stale.is_empty() {
-        eprintln!(
-            "CRD YAML is stale; run `cargo run -p countersign-crds --bin crdgen` and commit:"
-        );
+        eprintln!("CRD YAML is stale; run `cargo run -p countersign-crds --bin crdgen` and commit:");
         for s in stale {
             eprintln!("  {s}");
         }

@@ -1,7 +1,10 @@
 //go:build tools
 
-// Package tools pins kube-apiserver for the e2e harness; the binary is built
-// with `go build k8s.io/kubernetes/cmd/kube-apiserver` from this module.
+// Package tools pins kube-apiserver and kubectl for the e2e harness and the
+// local bring-up; the binaries are built with `go build` from this module.
 package tools
 
-import _ "k8s.io/kubernetes/cmd/kube-apiserver"
+import (
+	_ "k8s.io/kubernetes/cmd/kube-apiserver"
+	_ "k8s.io/kubernetes/cmd/kubectl"
+)

@@ -33,10 +33,7 @@ impl Backoff {
 
     /// Forgets an object's failures after a success.
     pub fn reset(&self, key: &str) {
-        self.failures
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(key);
+        self.failures.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
     }
 }
 

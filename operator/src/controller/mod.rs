@@ -32,4 +32,7 @@ pub struct Context {
     pub backoff: Backoff,
     /// The identity written to the audit log as actor.
     pub actor: String,
+    /// How often a settled object is looked at again to detect drift in the
+    /// database, which has no watch of its own.
+    pub resync: std::time::Duration,
 }

@@ -61,17 +61,9 @@ where
             || (type_ == SYNCED && after.status == ConditionStatus::False)
             || (type_ == STALLED && after.status == ConditionStatus::True);
         let event = Event {
-            type_: if warning {
-                EventType::Warning
-            } else {
-                EventType::Normal
-            },
+            type_: if warning { EventType::Warning } else { EventType::Normal },
             reason: after.reason.clone(),
-            note: Some(format!(
-                "{type_}={}: {}",
-                after.status.as_str(),
-                after.message
-            )),
+            note: Some(format!("{type_}={}: {}", after.status.as_str(), after.message)),
             action: "Reconcile".into(),
             secondary: None,
         };

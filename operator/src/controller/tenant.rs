@@ -50,8 +50,7 @@ async fn reconcile(tenant: Arc<Tenant>, ctx: Arc<Context>) -> Result<Action, Err
     })
     .await
     .map_err(|e| match e {
-        kube::runtime::finalizer::Error::ApplyFailed(e)
-        | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
+        kube::runtime::finalizer::Error::ApplyFailed(e) | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
         other => Error::Finalizer(other.to_string()),
     });
     let kind = KindLabels {
@@ -83,9 +82,7 @@ async fn apply(api: &Api<Tenant>, tenant: &Tenant, ctx: &Context) -> Result<Acti
         Ok(outcome) => {
             let new = outcome.status(previous, generation, &now);
             status::write(api, tenant, previous, &new, ctx).await?;
-            Ok(outcome
-                .requeue_after
-                .map_or_else(Action::await_change, Action::requeue))
+            Ok(Action::requeue(outcome.requeue_after.unwrap_or(ctx.resync)))
         }
         Err(e) => {
             let new = pipeline::unavailable(&e).status(previous, generation, &now);

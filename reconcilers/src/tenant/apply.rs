@@ -23,16 +23,11 @@ pub struct Attribution {
 }
 
 /// Executes a plan. Returns the row id written, or None for plans that write nothing.
-pub async fn apply(
-    pool: &PgPool,
-    plan: &Plan,
-    who: &Attribution,
-) -> Result<Option<Uuid>, crate::Error> {
+pub async fn apply(pool: &PgPool, plan: &Plan, who: &Attribution) -> Result<Option<Uuid>, crate::Error> {
     let (row_id, action, adopted) = match plan {
-        Plan::WaitForParent(_)
-        | Plan::AlreadyExists { .. }
-        | Plan::Conflict { .. }
-        | Plan::Noop { .. } => return Ok(None),
+        Plan::WaitForParent(_) | Plan::AlreadyExists { .. } | Plan::Conflict { .. } | Plan::Noop { .. } => {
+            return Ok(None);
+        }
         Plan::Create(values) => {
             let mut tx = pool.begin().await?;
             // The object may still own a row that vanished behind its back.
@@ -55,11 +50,7 @@ pub async fn apply(
             finish(tx, id, "create", false, who).await?;
             return Ok(Some(id));
         }
-        Plan::Update {
-            row_id,
-            values,
-            cause,
-        } => {
+        Plan::Update { row_id, values, cause } => {
             let mut tx = pool.begin().await?;
             bind_values(
                 sqlx::query_scalar::<_, Uuid>(
@@ -129,11 +120,7 @@ async fn finish(
 /// Soft-deletes (policy Delete) or releases (policy Orphan) the row this
 /// object manages, in one transaction with its audit entry. Rows it does not
 /// manage are never touched.
-pub async fn remove(
-    pool: &PgPool,
-    orphan: bool,
-    who: &Attribution,
-) -> Result<Option<Uuid>, crate::Error> {
+pub async fn remove(pool: &PgPool, orphan: bool, who: &Attribution) -> Result<Option<Uuid>, crate::Error> {
     let mut tx = pool.begin().await?;
     let Some(owner) = db::owned_by_object(&mut *tx, KIND, &who.uid).await? else {
         return Ok(None);
@@ -146,12 +133,7 @@ pub async fn remove(
             .await?;
     }
     db::release_ownership(&mut tx, KIND, owner.row_id).await?;
-    let mut entry = Entry::now(
-        KIND,
-        &who.name,
-        if orphan { "orphan" } else { "delete" },
-        &who.actor,
-    );
+    let mut entry = Entry::now(KIND, &who.name, if orphan { "orphan" } else { "delete" }, &who.actor);
     entry.row_id = Some(owner.row_id);
     entry.requester = who.requester.clone();
     entry.digest = Some(owner.digest);

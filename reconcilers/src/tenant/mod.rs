@@ -18,7 +18,7 @@ use std::time::Duration;
 pub const KIND: &str = "Tenant";
 
 /// How often a tenant waiting on something outside itself looks again.
-const WAIT_REQUEUE: Duration = Duration::from_secs(30);
+const WAIT_REQUEUE: Duration = Duration::from_secs(10);
 /// How often a conflicting tenant checks whether the other claim went away.
 const CONFLICT_REQUEUE: Duration = Duration::from_secs(300);
 
@@ -48,11 +48,7 @@ fn adopt_requested(tenant: &Tenant) -> bool {
 
 /// Brings the database in line with the Tenant. Transient failures are
 /// returned as errors (the caller backs off); everything else is an outcome.
-pub async fn reconcile(
-    tenant: &Tenant,
-    pool: &PgPool,
-    actor: &str,
-) -> Result<Outcome, crate::Error> {
+pub async fn reconcile(tenant: &Tenant, pool: &PgPool, actor: &str) -> Result<Outcome, crate::Error> {
     let desired = match validate::validate(&tenant.spec) {
         Ok(d) => d,
         Err(invalid) => return Ok(stalled("InvalidSpec", invalid.to_string())),
@@ -64,8 +60,7 @@ pub async fn reconcile(
         .and_then(|a| a.get(annotations::REQUESTED_BY));
     let uid = tenant.metadata.uid.clone().unwrap_or_default();
     let digest = crate::digest::change_digest(&uid, requester.map(String::as_str), &tenant.spec)?;
-    let observed =
-        resolve::observe(pool, &uid, &desired.slug, desired.parent_slug.as_deref()).await?;
+    let observed = resolve::observe(pool, &uid, &desired.slug, desired.parent_slug.as_deref()).await?;
     let slug = desired.slug.clone();
     let plan = plan::plan(desired, &observed, &uid, &digest, adopt_requested(tenant));
     let who = attribution(tenant, actor, digest.clone());
@@ -111,9 +106,7 @@ pub async fn reconcile(
             requeue_after: Some(CONFLICT_REQUEUE),
             ..refused(
                 "Conflict",
-                format!(
-                    "spec.slug: tenant {slug:?} is already managed by Tenant {owner:?}; nothing was changed"
-                ),
+                format!("spec.slug: tenant {slug:?} is already managed by Tenant {owner:?}; nothing was changed"),
             )
         },
         Plan::Create(_) | Plan::Update { .. } | Plan::RecordDigest { .. } | Plan::Noop { .. } => {
@@ -139,10 +132,7 @@ pub async fn reconcile(
                     cond(RECONCILING, ConditionStatus::False, "Live", ""),
                     cond(STALLED, ConditionStatus::False, "Live", ""),
                 ],
-                live: Desired::Live {
-                    database_id,
-                    digest,
-                },
+                live: Desired::Live { database_id, digest },
                 requeue_after: None,
             }
         }
@@ -152,12 +142,7 @@ pub async fn reconcile(
 /// Handles deletion of the Tenant according to its deletion policy.
 pub async fn cleanup(tenant: &Tenant, pool: &PgPool, actor: &str) -> Result<(), crate::Error> {
     let who = attribution(tenant, actor, String::new());
-    apply::remove(
-        pool,
-        tenant.spec.deletion_policy == DeletionPolicy::Orphan,
-        &who,
-    )
-    .await?;
+    apply::remove(pool, tenant.spec.deletion_policy == DeletionPolicy::Orphan, &who).await?;
     Ok(())
 }
 
@@ -166,12 +151,7 @@ pub async fn cleanup(tenant: &Tenant, pool: &PgPool, actor: &str) -> Result<(), 
 pub fn unavailable(error: &crate::Error) -> Outcome {
     Outcome {
         conditions: vec![
-            cond(
-                SYNCED,
-                ConditionStatus::False,
-                error.reason(),
-                error.public_message(),
-            ),
+            cond(SYNCED, ConditionStatus::False, error.reason(), error.public_message()),
             cond(
                 RECONCILING,
                 ConditionStatus::True,

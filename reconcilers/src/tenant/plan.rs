@@ -91,13 +91,7 @@ pub enum Plan {
 }
 
 /// Decides what to write.
-pub fn plan(
-    desired: DesiredTenant,
-    observed: &Observed,
-    uid: &str,
-    digest: &str,
-    adopt: bool,
-) -> Plan {
+pub fn plan(desired: DesiredTenant, observed: &Observed, uid: &str, digest: &str, adopt: bool) -> Plan {
     let parent_tenant_id = match &observed.parent {
         Parent::None => None,
         Parent::Found(id) => Some(*id),

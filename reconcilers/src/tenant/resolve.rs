@@ -56,12 +56,7 @@ pub struct Observed {
 }
 
 /// Loads the row for `slug`, its owner, this object's ownership and the parent.
-pub async fn observe(
-    pool: &PgPool,
-    uid: &str,
-    slug: &str,
-    parent_slug: Option<&str>,
-) -> Result<Observed, sqlx::Error> {
+pub async fn observe(pool: &PgPool, uid: &str, slug: &str, parent_slug: Option<&str>) -> Result<Observed, sqlx::Error> {
     let row: Option<TenantRow> = sqlx::query_as(
         "SELECT id, slug, name, description, parent_tenant_id, status, owner_email, owner_display_name,
                 instance_fingerprint, branding, allowed_namespaces
@@ -78,11 +73,10 @@ pub async fn observe(
     let parent = match parent_slug {
         None => Parent::None,
         Some(p) => {
-            let id: Option<Uuid> =
-                sqlx::query_scalar("SELECT id FROM tenants WHERE slug = $1 AND deleted_at IS NULL")
-                    .bind(p)
-                    .fetch_optional(pool)
-                    .await?;
+            let id: Option<Uuid> = sqlx::query_scalar("SELECT id FROM tenants WHERE slug = $1 AND deleted_at IS NULL")
+                .bind(p)
+                .fetch_optional(pool)
+                .await?;
             id.map_or_else(|| Parent::Missing(p.to_string()), Parent::Found)
         }
     };

@@ -5,13 +5,7 @@ use countersign_crds::common::SLUG_PATTERN;
 use countersign_crds::tenant::{Branding, TenantSpec};
 
 /// The placeholders the backend substitutes in invitation templates (reference 000).
-pub const TEMPLATE_PLACEHOLDERS: [&str; 5] = [
-    "app_name",
-    "logo_url",
-    "organization_name",
-    "role",
-    "accept_url",
-];
+pub const TEMPLATE_PLACEHOLDERS: [&str; 5] = ["app_name", "logo_url", "organization_name", "role", "accept_url"];
 
 /// A rejected field: the path and the rule it breaks.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -65,22 +59,16 @@ pub fn validate(spec: &TenantSpec) -> Result<DesiredTenant, Invalid> {
     }
     if let Some(parent) = &spec.parent_tenant {
         if !is_slug(parent) {
-            return Err(invalid(
-                "spec.parentTenant",
-                format!("must match {SLUG_PATTERN}"),
-            ));
+            return Err(invalid("spec.parentTenant", format!("must match {SLUG_PATTERN}")));
         }
         if *parent == spec.slug {
-            return Err(invalid(
-                "spec.parentTenant",
-                "a tenant cannot be its own parent",
-            ));
+            return Err(invalid("spec.parentTenant", "a tenant cannot be its own parent"));
         }
     }
-    if let Some(owner) = &spec.owner {
-        if !looks_like_email(&owner.email) {
-            return Err(invalid("spec.owner.email", "must be an email address"));
-        }
+    if let Some(owner) = &spec.owner
+        && !looks_like_email(&owner.email)
+    {
+        return Err(invalid("spec.owner.email", "must be an email address"));
     }
     let branding = spec.branding.as_ref().map(validate_branding).transpose()?;
     for (i, ns) in spec.allowed_namespaces.iter().enumerate() {
@@ -109,16 +97,13 @@ pub fn validate(spec: &TenantSpec) -> Result<DesiredTenant, Invalid> {
 }
 
 fn validate_branding(b: &Branding) -> Result<serde_json::Value, Invalid> {
-    if let Some(url) = &b.logo_url {
-        if !url.starts_with("https://")
-            || url.len() <= "https://".len()
-            || url.chars().any(char::is_whitespace)
-        {
-            return Err(invalid(
-                "spec.branding.logoUrl",
-                "must be an https:// URL without spaces",
-            ));
-        }
+    if let Some(url) = &b.logo_url
+        && (!url.starts_with("https://") || url.len() <= "https://".len() || url.chars().any(char::is_whitespace))
+    {
+        return Err(invalid(
+            "spec.branding.logoUrl",
+            "must be an https:// URL without spaces",
+        ));
     }
     let mut map = serde_json::Map::new();
     if let Some(v) = &b.app_name {
@@ -130,18 +115,13 @@ fn validate_branding(b: &Branding) -> Result<serde_json::Value, Invalid> {
     if let Some(t) = &b.email_templates {
         let mut templates = serde_json::Map::new();
         for (field, key, value) in [
-            (
-                "userInvitedSubject",
-                "user_invited_subject",
-                &t.user_invited_subject,
-            ),
+            ("userInvitedSubject", "user_invited_subject", &t.user_invited_subject),
             ("userInvitedText", "user_invited_text", &t.user_invited_text),
             ("userInvitedHtml", "user_invited_html", &t.user_invited_html),
         ] {
             if let Some(text) = value {
-                check_placeholders(text).map_err(|rule| {
-                    invalid(&format!("spec.branding.emailTemplates.{field}"), rule)
-                })?;
+                check_placeholders(text)
+                    .map_err(|rule| invalid(&format!("spec.branding.emailTemplates.{field}"), rule))?;
                 templates.insert(key.into(), text.clone().into());
             }
         }
@@ -183,9 +163,7 @@ fn is_slug(s: &str) -> bool {
 
 fn looks_like_email(s: &str) -> bool {
     match s.split_once('@') {
-        Some((local, domain)) => {
-            !local.is_empty() && domain.contains('.') && !s.chars().any(char::is_whitespace)
-        }
+        Some((local, domain)) => !local.is_empty() && domain.contains('.') && !s.chars().any(char::is_whitespace),
         None => false,
     }
 }
@@ -230,14 +208,8 @@ mod tests {
         let cases = [
             ("slug: acme\nname: '   '\n", "spec.name"),
             ("slug: Acme\nname: x\n", "spec.slug"),
-            (
-                "slug: acme\nname: x\nparentTenant: acme\n",
-                "spec.parentTenant",
-            ),
-            (
-                "slug: acme\nname: x\nowner: {email: nobody}\n",
-                "spec.owner.email",
-            ),
+            ("slug: acme\nname: x\nparentTenant: acme\n", "spec.parentTenant"),
+            ("slug: acme\nname: x\nowner: {email: nobody}\n", "spec.owner.email"),
             (
                 "slug: acme\nname: x\nbranding: {logoUrl: 'http://x.example'}\n",
                 "spec.branding.logoUrl",
@@ -264,10 +236,7 @@ mod tests {
     #[test]
     fn unknown_placeholders_are_listed_with_the_allowed_ones() {
         let err = check_placeholders("{{ password }}").expect_err("unknown");
-        assert!(
-            err.contains("{{password}}") && err.contains("accept_url"),
-            "{err}"
-        );
+        assert!(err.contains("{{password}}") && err.contains("accept_url"), "{err}");
         assert!(check_placeholders("{{app_name}} {{ role }} plain").is_ok());
     }
 }

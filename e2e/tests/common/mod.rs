@@ -1,0 +1,248 @@
+//! Helpers shared by the end-to-end tests: CRD installation, applying YAML,
+//! an in-process operator scoped to one test, and waiting on conditions.
+
+#![allow(dead_code)]
+
+use anyhow::{Context as _, anyhow};
+use countersign_crds::{ResourceStatus, Tenant};
+use countersign_operator::run::{RunOptions, Running, start};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
+use kube::discovery::{Discovery, Scope};
+use kube::{Client, ResourceExt};
+use sqlx::PgPool;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// The label every object of one test carries, so its operator sees only them.
+pub const TEST_LABEL: &str = "countersign.dev/test-run";
+
+/// Repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Installs (or refreshes) every CRD with server-side apply and waits until established.
+pub async fn install_crds(client: &Client) -> anyhow::Result<()> {
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for crd in countersign_crds::all_crds() {
+        let name = crd.metadata.name.clone().unwrap_or_default();
+        api.patch(
+            &name,
+            &PatchParams::apply("countersign-e2e").force(),
+            &Patch::Apply(&crd),
+        )
+        .await
+        .with_context(|| format!("apply CRD {name}"))?;
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for crd in countersign_crds::all_crds() {
+        let name = crd.metadata.name.clone().unwrap_or_default();
+        loop {
+            let established = api
+                .get(&name)
+                .await?
+                .status
+                .and_then(|s| s.conditions)
+                .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Established" && c.status == "True"));
+            if established {
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err(anyhow!("CRD {name} not established in time"));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    Ok(())
+}
+
+/// Admin client of the shared control plane, with CRDs installed.
+pub async fn cluster() -> anyhow::Result<Client> {
+    let cp = countersign_e2e::shared_control_plane().await;
+    let client = cp.client().await?;
+    install_crds(&client).await?;
+    Ok(client)
+}
+
+/// A fresh, migrated database.
+pub async fn database() -> anyhow::Result<(String, PgPool)> {
+    let url = countersign_e2e::test_database_url().await?;
+    let pool = countersign_reconcilers::db::connect(&url).await?;
+    countersign_reconcilers::db::migrate(&pool).await?;
+    Ok((url, pool))
+}
+
+/// Starts an operator that reconciles only objects labelled with `run_id`.
+pub async fn operator(client: &Client, pool: &PgPool, run_id: &str) -> anyhow::Result<Running> {
+    operator_with_resync(client, pool, run_id, Duration::from_secs(300)).await
+}
+
+/// Like [`operator`], with a custom drift-check interval.
+pub async fn operator_with_resync(
+    client: &Client,
+    pool: &PgPool,
+    run_id: &str,
+    resync: Duration,
+) -> anyhow::Result<Running> {
+    Ok(start(
+        client.clone(),
+        pool.clone(),
+        RunOptions {
+            health_addr: "127.0.0.1:0".parse()?,
+            selector: Some(format!("{TEST_LABEL}={run_id}")),
+            actor: "countersign".into(),
+            instance: Some(format!("e2e-{run_id}")),
+            resync,
+        },
+    )
+    .await?)
+}
+
+/// Parses one or more YAML documents into dynamic objects.
+pub fn parse_yaml(text: &str) -> anyhow::Result<Vec<DynamicObject>> {
+    let mut out = Vec::new();
+    for doc in serde_norway::Deserializer::from_str(text) {
+        let value: serde_json::Value = serde::Deserialize::deserialize(doc)?;
+        if value.is_null() {
+            continue;
+        }
+        out.push(serde_json::from_value(value)?);
+    }
+    Ok(out)
+}
+
+/// Creates an object through discovery (dry-run when asked); returns the API's answer.
+pub async fn create_dynamic(client: &Client, obj: &DynamicObject, dry_run: bool) -> Result<DynamicObject, kube::Error> {
+    let types = obj.types.clone().unwrap_or_default();
+    let (group, version) = types
+        .api_version
+        .split_once('/')
+        .unwrap_or(("", types.api_version.as_str()));
+    let discovery = Discovery::new(client.clone()).filter(&[group]).run().await?;
+    let gvk = kube::api::GroupVersionKind::gvk(group, version, &types.kind);
+    let (resource, caps) = discovery
+        .resolve_gvk(&gvk)
+        .ok_or_else(|| kube::Error::Discovery(kube::error::DiscoveryError::MissingResource(types.kind.clone())))?;
+    let api: Api<DynamicObject> = match caps.scope {
+        Scope::Namespaced => Api::namespaced_with(
+            client.clone(),
+            obj.namespace().as_deref().unwrap_or("default"),
+            &resource,
+        ),
+        Scope::Cluster => Api::all_with(client.clone(), &resource),
+    };
+    let pp = PostParams {
+        dry_run,
+        field_manager: Some("countersign-e2e".into()),
+    };
+    api.create(&pp, obj).await
+}
+
+/// Creates a namespace if it does not exist.
+pub async fn ensure_namespace(client: &Client, name: &str) -> anyhow::Result<()> {
+    use k8s_openapi::api::core::v1::Namespace;
+    let api: Api<Namespace> = Api::all(client.clone());
+    let ns: Namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": name}}))?;
+    match api.create(&PostParams::default(), &ns).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// A Tenant labelled for `run_id`.
+pub fn tenant(name: &str, run_id: &str, spec: serde_json::Value) -> anyhow::Result<Tenant> {
+    Ok(serde_json::from_value(serde_json::json!({
+        "apiVersion": "platform.countersign.dev/v1alpha1",
+        "kind": "Tenant",
+        "metadata": {"name": name, "labels": {TEST_LABEL: run_id}},
+        "spec": spec,
+    }))?)
+}
+
+/// Waits until the Tenant's status satisfies `pred`; the error shows the last status.
+pub async fn wait_tenant(
+    api: &Api<Tenant>,
+    name: &str,
+    what: &str,
+    pred: impl Fn(&Tenant) -> bool,
+) -> anyhow::Result<Tenant> {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let t = api.get_opt(name).await?;
+        if let Some(t) = &t
+            && pred(t)
+        {
+            return Ok(t.clone());
+        }
+        if Instant::now() > deadline {
+            return Err(anyhow!(
+                "timed out waiting for Tenant {name} to be {what}; last status: {}",
+                serde_json::to_string_pretty(&t.and_then(|t| t.status)).unwrap_or_default()
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Waits until the object is gone.
+pub async fn wait_gone(api: &Api<Tenant>, name: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while api.get_opt(name).await?.is_some() {
+        if Instant::now() > deadline {
+            return Err(anyhow!("Tenant {name} still exists"));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Ok(())
+}
+
+/// Whether condition `type_` has `status` and `reason` and is current for the object's generation.
+pub fn has_condition(t: &Tenant, type_: &str, status: &str, reason: &str) -> bool {
+    condition_of(t.status.as_ref(), type_).is_some_and(|c| {
+        c.status.as_str() == status && c.reason == reason && c.observed_generation == t.metadata.generation
+    })
+}
+
+/// The condition of a type.
+pub fn condition_of<'a>(status: Option<&'a ResourceStatus>, type_: &str) -> Option<&'a countersign_crds::Condition> {
+    status.and_then(|s| s.condition(type_))
+}
+
+/// Scrapes one counter value from the operator's /metrics.
+pub async fn metric(running: &Running, series: &str) -> anyhow::Result<f64> {
+    let body = reqwest::get(format!("http://{}/metrics", running.health_addr))
+        .await?
+        .text()
+        .await?;
+    Ok(body
+        .lines()
+        .filter(|l| l.starts_with(series))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum())
+}
+
+/// Events recorded for an object, as (reason, note).
+pub async fn events_for(client: &Client, name: &str) -> anyhow::Result<Vec<(String, String)>> {
+    use k8s_openapi::api::events::v1::Event;
+    let api: Api<Event> = Api::all(client.clone());
+    let list = api.list(&Default::default()).await?;
+    Ok(list
+        .items
+        .into_iter()
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+        .map(|e| (e.reason.unwrap_or_default(), e.note.unwrap_or_default()))
+        .collect())
+}
+
+/// Count of rows in a table.
+pub async fn count(pool: &PgPool, table: &str) -> anyhow::Result<i64> {
+    let sql = match table {
+        "tenants" => "SELECT count(*) FROM tenants",
+        "audit_log" => "SELECT count(*) FROM audit_log",
+        "managed_objects" => "SELECT count(*) FROM managed_objects",
+        other => return Err(anyhow!("no count query for {other}")),
+    };
+    Ok(sqlx::query_scalar(sql).fetch_one(pool).await?)
+}
