@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# Brings up the whole system locally: a kube-apiserver + etcd built from their
+# Go modules, PostgreSQL, the schema migrations, the CRDs, the operator and the
+# example Tenants; then shows `kubectl get tenants` with their conditions.
+#
+#   scripts/up.sh          keep the stack running until Ctrl-C
+#   scripts/up.sh --once   show the result and tear everything down
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+once=false
+[ "${1:-}" = "--once" ] && once=true
+
+source scripts/lib.sh
+ensure_prerequisites
+
+bin_dir=$(bash e2e/controlplane/build.sh | tail -n 1)
+echo "==> building the operator"
+cargo build --quiet -p countersign-operator -p countersign-e2e --bins
+target=$(cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
+
+state=$(mktemp -d)
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  rm -rf "$state"
+}
+trap cleanup EXIT
+
+echo "==> starting kube-apiserver, etcd and PostgreSQL"
+"$target/debug/countersign-dev-stack" "$state/env" &
+pids+=($!)
+for _ in $(seq 1 600); do
+  [ -f "$state/env" ] && break
+  kill -0 "${pids[0]}" 2>/dev/null || { echo "the control plane failed to start" >&2; exit 1; }
+  sleep 0.2
+done
+# shellcheck disable=SC1091
+source "$state/env"
+export PATH="$bin_dir:$target/debug:$PATH"
+
+echo "==> migrating the API database"
+countersign migrate
+echo "==> installing the CRDs"
+kubectl apply --server-side -f crds/yaml/ >/dev/null
+kubectl wait --for=condition=Established crd --all --timeout=60s >/dev/null
+echo "==> starting the operator"
+countersign run --health-addr 127.0.0.1:0 >"$state/operator.log" 2>&1 &
+pids+=($!)
+echo "==> applying the example namespaces and Tenants"
+kubectl apply -f examples/00-namespaces.yaml -f examples/10-tenants.yaml
+kubectl wait --for=condition=Ready tenants --all --timeout=120s >/dev/null || true
+
+echo
+kubectl get tenants -o wide
+echo
+kubectl get tenants -o custom-columns='NAME:.metadata.name,READY:.status.conditions[?(@.type=="Ready")].status,REASON:.status.conditions[?(@.type=="Ready")].reason,SYNCED:.status.conditions[?(@.type=="Synced")].status,STALLED:.status.conditions[?(@.type=="Stalled")].status,DATABASE-ID:.status.databaseId'
+echo
+echo "Rows in the API database:"
+psql "$DATABASE_URL" -c "SELECT slug, name, status, deleted_at FROM tenants ORDER BY slug"
+
+if $once; then
+  not_ready=$(kubectl get tenants -o jsonpath='{range .items[*]}{.metadata.name}={.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}' | grep -v '=True$' || true)
+  if [ -n "$not_ready" ]; then
+    echo "tenants not Ready: $not_ready" >&2
+    cat "$state/operator.log" >&2
+    exit 1
+  fi
+  exit 0
+fi
+cat <<MSG
+
+The stack is running. In another shell:
+  source $state/env; export PATH="$bin_dir:$target/debug:\$PATH"
+  kubectl get tenants        # then edit examples/10-tenants.yaml and kubectl apply it
+Operator log: $state/operator.log
+Press Ctrl-C to stop and clean up.
+MSG
+wait "${pids[1]}"
