@@ -2,6 +2,7 @@
 
 use clap::{Parser, Subcommand};
 use countersign_operator::RunOptions;
+use countersign_operator::run::LeaderElection;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 
@@ -38,6 +39,19 @@ enum Command {
         /// Seconds between drift checks of settled objects against the database.
         #[arg(long, env = "COUNTERSIGN_RESYNC_SECONDS", default_value_t = 300)]
         resync_seconds: u64,
+        /// Run the controllers only while holding the leader lease, so several
+        /// replicas can run with one active.
+        #[arg(long, env = "COUNTERSIGN_LEADER_ELECT")]
+        leader_elect: bool,
+        /// Namespace of the leader lease.
+        #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+        leader_election_namespace: String,
+        /// Name of the leader lease.
+        #[arg(long, default_value = "countersign-leader")]
+        lease_name: String,
+        /// Seconds a leader lease stays valid without renewal.
+        #[arg(long, default_value_t = 15)]
+        lease_duration_seconds: u64,
     },
     /// Apply pending schema migrations to the API database.
     Migrate,
@@ -91,7 +105,20 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             actor,
             instance,
             resync_seconds,
+            leader_elect,
+            leader_election_namespace,
+            lease_name,
+            lease_duration_seconds,
         } => {
+            let leader_election = leader_elect.then(|| LeaderElection {
+                namespace: leader_election_namespace,
+                lease_name,
+                // Two pods may both be pid 1: fall back to a random identity.
+                identity: instance
+                    .clone()
+                    .unwrap_or_else(|| format!("countersign-{:016x}", rand::random::<u64>())),
+                duration_seconds: lease_duration_seconds,
+            });
             let client = kube::Client::try_default().await?;
             countersign_operator::run(
                 client,
@@ -102,6 +129,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                     actor,
                     instance,
                     resync: std::time::Duration::from_secs(resync_seconds),
+                    leader_election,
                 },
             )
             .await?;

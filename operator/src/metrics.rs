@@ -3,6 +3,7 @@
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -41,6 +42,8 @@ pub struct Metrics {
     pub errors: Family<ErrorLabels, Counter>,
     /// countersign_reconcile_duration_seconds.
     pub duration: Family<KindLabels, Histogram>,
+    /// countersign_leader: 1 while this instance runs the controllers.
+    pub leader: Gauge,
 }
 
 impl Default for Metrics {
@@ -62,11 +65,18 @@ impl Default for Metrics {
             "Reconcile duration by kind",
             duration.clone(),
         );
+        let leader = Gauge::default();
+        registry.register(
+            "leader",
+            "1 while this instance leads and runs the controllers",
+            leader.clone(),
+        );
         Self {
             registry,
             reconciles,
             errors,
             duration,
+            leader,
         }
     }
 }

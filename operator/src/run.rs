@@ -1,13 +1,14 @@
 //! Starting and stopping the operator.
 
 use crate::Error;
-use crate::controller::{self, Context};
+use crate::controller::{self, Context, FIELD_MANAGER};
 use crate::health::{self, Readiness};
 use crate::metrics::Metrics;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::Client;
 use kube::api::Api;
 use kube::runtime::events::{Recorder, Reporter};
+use kube_lease_manager::LeaseManagerBuilder;
 use sqlx::PgPool;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -30,13 +31,28 @@ pub struct RunOptions {
     pub instance: Option<String>,
     /// How often settled objects are re-checked against the database for drift.
     pub resync: std::time::Duration,
+    /// Run controllers only while holding this lease; None runs them at once.
+    pub leader_election: Option<LeaderElection>,
+}
+
+/// Where and as whom to take part in leader election.
+#[derive(Clone, Debug)]
+pub struct LeaderElection {
+    /// Namespace of the Lease.
+    pub namespace: String,
+    /// Name of the Lease.
+    pub lease_name: String,
+    /// This instance's unique identity (e.g. the pod name).
+    pub identity: String,
+    /// How long a lease stays valid without renewal, in seconds.
+    pub duration_seconds: u64,
 }
 
 /// A started operator.
 pub struct Running {
     /// Where /healthz, /readyz and /metrics are served.
     pub health_addr: SocketAddr,
-    stop: watch::Sender<bool>,
+    stop: Arc<watch::Sender<bool>>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -86,13 +102,15 @@ pub async fn check_crds(client: &Client) -> Result<(), Error> {
     Ok(())
 }
 
-/// Checks the preconditions and starts the controllers and the health server.
+/// Checks the preconditions and starts the health server and, once this
+/// instance leads (or at once without leader election), the controllers.
 pub async fn start(client: Client, pool: PgPool, options: RunOptions) -> Result<Running, Error> {
     countersign_reconcilers::db::check_schema(&pool).await?;
     check_crds(&client).await?;
     let metrics = Arc::new(Metrics::default());
     let ready = Arc::new(Readiness::default());
     let (stop, stopped) = watch::channel(false);
+    let stop = Arc::new(stop);
     let wait_stop = move || {
         let mut rx = stopped.clone();
         async move {
@@ -102,29 +120,86 @@ pub async fn start(client: Client, pool: PgPool, options: RunOptions) -> Result<
     let (health_addr, server) = health::serve(options.health_addr, ready.clone(), metrics.clone(), wait_stop())
         .await
         .map_err(|e| Error::Startup(format!("cannot bind health server on {}: {e}", options.health_addr)))?;
-    let reporter = Reporter {
-        controller: options.actor.clone(),
-        instance: options.instance.clone(),
+    let lease = match &options.leader_election {
+        Some(le) => Some(
+            LeaseManagerBuilder::new(client.clone(), &le.lease_name)
+                .with_namespace(&le.namespace)
+                .with_identity(&le.identity)
+                .with_duration(le.duration_seconds)
+                .with_grace(le.duration_seconds.div_ceil(3).max(1))
+                .with_field_manager(format!("{FIELD_MANAGER}-leader"))
+                .build()
+                .await
+                .map_err(|e| Error::Startup(format!("leader election: {e}")))?,
+        ),
+        None => None,
     };
     let ctx = Arc::new(Context {
         client: client.clone(),
         pool,
-        recorder: Recorder::new(client, reporter),
-        metrics,
+        recorder: Recorder::new(
+            client,
+            Reporter {
+                controller: options.actor.clone(),
+                instance: options.instance.clone(),
+            },
+        ),
+        metrics: metrics.clone(),
         backoff: Default::default(),
         actor: options.actor.clone(),
         resync: options.resync,
     });
-    let mut tasks = vec![tokio::spawn(async move {
+    let server_task = tokio::spawn(async move {
         if let Err(e) = server.await {
             tracing::error!(error = %e, "health server failed");
         }
-    })];
-    tasks.push(tokio::spawn(controller::tenant::run(
-        ctx,
-        options.selector.clone(),
-        wait_stop(),
-    )));
+    });
+    let selector = options.selector.clone();
+    let controllers = {
+        let stop = stop.clone();
+        let wait_stop = wait_stop.clone();
+        async move {
+            // Without leader election this instance leads from the start.
+            let mut leading = match lease {
+                None => None,
+                Some(manager) => {
+                    let (mut leading, lease_task) = manager.watch().await;
+                    tokio::select! {
+                        _ = wait_stop() => return,
+                        won = leading.wait_for(|l| *l) => if won.is_err() { return },
+                    }
+                    Some((leading, lease_task))
+                }
+            };
+            metrics.leader.set(1);
+            tracing::info!("leading: starting controllers");
+            let lost = async {
+                match &mut leading {
+                    Some((rx, _)) => {
+                        let _ = rx.wait_for(|l| !*l).await;
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            let controller = controller::tenant::run(ctx, selector, wait_stop());
+            tokio::pin!(controller);
+            tokio::select! {
+                _ = &mut controller => {}
+                _ = lost => {
+                    tracing::error!("lost the leader lease: stopping so a new leader takes over");
+                    let _ = stop.send(true);
+                    controller.await;
+                }
+            }
+            metrics.leader.set(0);
+            // Dropping the receiver makes the lease task release the lease.
+            if let Some((rx, lease_task)) = leading {
+                drop(rx);
+                let _ = lease_task.await;
+            }
+        }
+    };
+    let tasks = vec![server_task, tokio::spawn(controllers)];
     ready.set(true);
     tracing::info!(%health_addr, "countersign operator started");
     Ok(Running {

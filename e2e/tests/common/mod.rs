@@ -85,18 +85,26 @@ pub async fn operator_with_resync(
     run_id: &str,
     resync: Duration,
 ) -> anyhow::Result<Running> {
-    Ok(start(
-        client.clone(),
-        pool.clone(),
-        RunOptions {
-            health_addr: "127.0.0.1:0".parse()?,
-            selector: Some(format!("{TEST_LABEL}={run_id}")),
-            actor: "countersign".into(),
-            instance: Some(format!("e2e-{run_id}")),
-            resync,
-        },
-    )
-    .await?)
+    operator_with(client, pool, run_id, |o| o.resync = resync).await
+}
+
+/// Like [`operator`], with options adjusted by `adjust`.
+pub async fn operator_with(
+    client: &Client,
+    pool: &PgPool,
+    run_id: &str,
+    adjust: impl FnOnce(&mut RunOptions),
+) -> anyhow::Result<Running> {
+    let mut options = RunOptions {
+        health_addr: "127.0.0.1:0".parse()?,
+        selector: Some(format!("{TEST_LABEL}={run_id}")),
+        actor: "countersign".into(),
+        instance: Some(format!("e2e-{run_id}")),
+        resync: Duration::from_secs(300),
+        leader_election: None,
+    };
+    adjust(&mut options);
+    Ok(start(client.clone(), pool.clone(), options).await?)
 }
 
 /// Parses one or more YAML documents into dynamic objects.
