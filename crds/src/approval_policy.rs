@@ -12,19 +12,7 @@ use serde::{Deserialize, Serialize};
     kind = "ApprovalPolicy",
     status = "ResourceStatus",
     shortname = "ap",
-    category = "countersign",
-    printcolumn(
-        name = "Ready",
-        type_ = "string",
-        json_path = r#".status.conditions[?(@.type=="Ready")].status"#
-    ),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
-    printcolumn(
-        name = "Message",
-        type_ = "string",
-        priority = 1,
-        json_path = r#".status.conditions[?(@.type=="Ready")].message"#
-    )
+    category = "countersign"
 )]
 #[serde(rename_all = "camelCase")]
 pub struct ApprovalPolicySpec {

@@ -17,29 +17,7 @@ use std::collections::BTreeMap;
     shortname = "fl",
     category = "countersign",
     printcolumn(name = "Source", type_ = "string", json_path = ".spec.sourceSlug"),
-    printcolumn(name = "Target", type_ = "string", json_path = ".spec.targetSlug"),
-    printcolumn(
-        name = "Ready",
-        type_ = "string",
-        json_path = r#".status.conditions[?(@.type=="Ready")].status"#
-    ),
-    printcolumn(
-        name = "Reason",
-        type_ = "string",
-        json_path = r#".status.conditions[?(@.type=="Ready")].reason"#
-    ),
-    printcolumn(
-        name = "Approval",
-        type_ = "string",
-        json_path = r#".status.conditions[?(@.type=="Approved")].reason"#
-    ),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
-    printcolumn(
-        name = "Message",
-        type_ = "string",
-        priority = 1,
-        json_path = r#".status.conditions[?(@.type=="Ready")].message"#
-    )
+    printcolumn(name = "Target", type_ = "string", json_path = ".spec.targetSlug")
 )]
 #[x_kube(validation = Rule::new("self.sourceSlug != self.targetSlug").message("spec.targetSlug: a resource cannot front itself"))]
 #[serde(rename_all = "camelCase")]

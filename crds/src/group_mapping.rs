@@ -18,29 +18,7 @@ use serde::{Deserialize, Serialize};
     category = "countersign",
     printcolumn(name = "Provider", type_ = "string", json_path = ".spec.identityProviderRef.name"),
     printcolumn(name = "Group", type_ = "string", json_path = ".spec.groupName"),
-    printcolumn(name = "Role", type_ = "string", json_path = ".spec.role"),
-    printcolumn(
-        name = "Ready",
-        type_ = "string",
-        json_path = r#".status.conditions[?(@.type=="Ready")].status"#
-    ),
-    printcolumn(
-        name = "Reason",
-        type_ = "string",
-        json_path = r#".status.conditions[?(@.type=="Ready")].reason"#
-    ),
-    printcolumn(
-        name = "Approval",
-        type_ = "string",
-        json_path = r#".status.conditions[?(@.type=="Approved")].reason"#
-    ),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
-    printcolumn(
-        name = "Message",
-        type_ = "string",
-        priority = 1,
-        json_path = r#".status.conditions[?(@.type=="Ready")].message"#
-    )
+    printcolumn(name = "Role", type_ = "string", json_path = ".spec.role")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct GroupMappingSpec {

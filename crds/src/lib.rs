@@ -25,7 +25,9 @@ pub use status::{Condition, ConditionStatus, ResourceStatus};
 pub use tenant::{Tenant, TenantSpec};
 pub use webhook_subscription::{WebhookSubscription, WebhookSubscriptionSpec};
 
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
+    CustomResourceColumnDefinition, CustomResourceDefinition,
+};
 use kube::CustomResourceExt;
 
 /// The API group every Countersign kind belongs to.
@@ -51,17 +53,48 @@ pub mod annotations {
     pub const ADOPT: &str = "countersign.dev/adopt";
 }
 
-/// Every CRD in install order: the kinds others reference come first.
+/// Every CRD in install order (the kinds others reference come first), each
+/// with the shared printer columns after its own.
 pub fn all_crds() -> Vec<CustomResourceDefinition> {
     vec![
-        Tenant::crd(),
-        ApprovalPolicy::crd(),
-        IdentityProvider::crd(),
-        GroupMapping::crd(),
-        WebhookSubscription::crd(),
-        FrontingLink::crd(),
-        LicenseGrant::crd(),
+        with_shared_columns(Tenant::crd(), true),
+        with_shared_columns(ApprovalPolicy::crd(), false),
+        with_shared_columns(IdentityProvider::crd(), true),
+        with_shared_columns(GroupMapping::crd(), true),
+        with_shared_columns(WebhookSubscription::crd(), true),
+        with_shared_columns(FrontingLink::crd(), true),
+        with_shared_columns(LicenseGrant::crd(), true),
     ]
+}
+
+/// Appends the columns every kind shows (DESIGN.md §1): Ready and its reason,
+/// the approval verdict where an ApprovalPolicy can apply, Age, and the Ready
+/// message at `-o wide`.
+fn with_shared_columns(mut crd: CustomResourceDefinition, approval: bool) -> CustomResourceDefinition {
+    let condition = |type_: &str, field: &str| format!(r#".status.conditions[?(@.type=="{type_}")].{field}"#);
+    let column = |name: &str, type_: &str, json_path: String, priority: Option<i32>| CustomResourceColumnDefinition {
+        name: name.into(),
+        type_: type_.into(),
+        json_path,
+        priority,
+        ..Default::default()
+    };
+    let mut shared = vec![
+        column("Ready", "string", condition("Ready", "status"), None),
+        column("Reason", "string", condition("Ready", "reason"), None),
+    ];
+    if approval {
+        shared.push(column("Approval", "string", condition("Approved", "reason"), None));
+    }
+    shared.push(column("Age", "date", ".metadata.creationTimestamp".into(), None));
+    shared.push(column("Message", "string", condition("Ready", "message"), Some(1)));
+    for version in &mut crd.spec.versions {
+        version
+            .additional_printer_columns
+            .get_or_insert_with(Vec::new)
+            .extend(shared.iter().cloned());
+    }
+    crd
 }
 
 /// Renders one CRD as the YAML document `crdgen` writes.

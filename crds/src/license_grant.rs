@@ -17,29 +17,7 @@ use serde::{Deserialize, Serialize};
     category = "countersign",
     printcolumn(name = "Tenant", type_ = "string", json_path = ".spec.tenantRef.name"),
     printcolumn(name = "Type", type_ = "string", json_path = ".spec.grantType"),
-    printcolumn(name = "Until", type_ = "string", json_path = ".spec.validUntil"),
-    printcolumn(
-        name = "Ready",
-        type_ = "string",
-        json_path = r#".status.conditions[?(@.type=="Ready")].status"#
-    ),
-    printcolumn(
-        name = "Reason",
-        type_ = "string",
-        json_path = r#".status.conditions[?(@.type=="Ready")].reason"#
-    ),
-    printcolumn(
-        name = "Approval",
-        type_ = "string",
-        json_path = r#".status.conditions[?(@.type=="Approved")].reason"#
-    ),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
-    printcolumn(
-        name = "Message",
-        type_ = "string",
-        priority = 1,
-        json_path = r#".status.conditions[?(@.type=="Ready")].message"#
-    )
+    printcolumn(name = "Until", type_ = "string", json_path = ".spec.validUntil")
 )]
 #[x_kube(validation = Rule::new("timestamp(self.validFrom) < timestamp(self.validUntil)").message("spec.validFrom must be before spec.validUntil"))]
 #[x_kube(validation = Rule::new("self.grantType != 'ADDENDUM' || has(self.addendumOf)").message("spec.addendumOf is required when spec.grantType is ADDENDUM"))]

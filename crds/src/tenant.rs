@@ -15,29 +15,7 @@ use serde::{Deserialize, Serialize};
     status = "ResourceStatus",
     shortname = "tnt",
     category = "countersign",
-    printcolumn(name = "Slug", type_ = "string", json_path = ".spec.slug"),
-    printcolumn(
-        name = "Ready",
-        type_ = "string",
-        json_path = r#".status.conditions[?(@.type=="Ready")].status"#
-    ),
-    printcolumn(
-        name = "Reason",
-        type_ = "string",
-        json_path = r#".status.conditions[?(@.type=="Ready")].reason"#
-    ),
-    printcolumn(
-        name = "Approval",
-        type_ = "string",
-        json_path = r#".status.conditions[?(@.type=="Approved")].reason"#
-    ),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
-    printcolumn(
-        name = "Message",
-        type_ = "string",
-        priority = 1,
-        json_path = r#".status.conditions[?(@.type=="Ready")].message"#
-    )
+    printcolumn(name = "Slug", type_ = "string", json_path = ".spec.slug")
 )]
 #[x_kube(validation = Rule::new("!has(self.parentTenant) || self.parentTenant != self.slug").message("spec.parentTenant: a tenant cannot be its own parent"))]
 #[serde(rename_all = "camelCase")]

@@ -17,29 +17,7 @@ use serde::{Deserialize, Serialize};
     shortname = "whs",
     category = "countersign",
     printcolumn(name = "Tenant", type_ = "string", json_path = ".spec.tenantRef.name"),
-    printcolumn(name = "URL", type_ = "string", json_path = ".spec.url"),
-    printcolumn(
-        name = "Ready",
-        type_ = "string",
-        json_path = r#".status.conditions[?(@.type=="Ready")].status"#
-    ),
-    printcolumn(
-        name = "Reason",
-        type_ = "string",
-        json_path = r#".status.conditions[?(@.type=="Ready")].reason"#
-    ),
-    printcolumn(
-        name = "Approval",
-        type_ = "string",
-        json_path = r#".status.conditions[?(@.type=="Approved")].reason"#
-    ),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
-    printcolumn(
-        name = "Message",
-        type_ = "string",
-        priority = 1,
-        json_path = r#".status.conditions[?(@.type=="Ready")].message"#
-    )
+    printcolumn(name = "URL", type_ = "string", json_path = ".spec.url")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct WebhookSubscriptionSpec {

@@ -50,3 +50,45 @@ impl Outcome {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use countersign_crds::ConditionStatus;
+    use countersign_crds::status::{READY, SYNCED};
+
+    fn outcome(live: Desired) -> Outcome {
+        Outcome {
+            conditions: vec![DesiredCondition::new(SYNCED, ConditionStatus::True, "Ok", "")],
+            live,
+            requeue_after: None,
+        }
+    }
+
+    #[test]
+    fn live_state_is_kept_replaced_or_cleared() {
+        let live = outcome(Desired::Live {
+            database_id: "id1".into(),
+            digest: "d1".into(),
+        })
+        .status(None, Some(1), "t1");
+        assert_eq!(
+            (live.database_id.as_deref(), live.live_digest.as_deref()),
+            (Some("id1"), Some("d1"))
+        );
+        let kept = outcome(Desired::Unchanged).status(Some(&live), Some(2), "t2");
+        assert_eq!(
+            (kept.database_id.as_deref(), kept.observed_generation),
+            (Some("id1"), Some(2))
+        );
+        let cleared = outcome(Desired::NotLive).status(Some(&live), Some(2), "t2");
+        assert_eq!((cleared.database_id, cleared.live_digest), (None, None));
+    }
+
+    #[test]
+    fn the_first_visit_sets_ready_unknown() {
+        let status = outcome(Desired::Unchanged).status(None, Some(1), "t1");
+        let ready = status.condition(READY).expect("Ready is set on the first visit");
+        assert_eq!(ready.status, ConditionStatus::Unknown);
+    }
+}

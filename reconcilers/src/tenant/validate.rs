@@ -239,4 +239,42 @@ mod tests {
         assert!(err.contains("{{password}}") && err.contains("accept_url"), "{err}");
         assert!(check_placeholders("{{app_name}} {{ role }} plain").is_ok());
     }
+
+    #[test]
+    fn hostile_input_is_rejected_or_accepted_but_never_panics() {
+        let long = "a".repeat(100_000);
+        let weird = [
+            "",
+            "{{",
+            "}}",
+            "{{}}",
+            "{{ {{ }}",
+            "é{{app_name}}é",
+            "\u{0}",
+            long.as_str(),
+            "{{app_name",
+            "}}{{",
+        ];
+        for text in weird {
+            let _ = check_placeholders(text);
+            let mut s = spec("slug: acme\nname: x\n");
+            s.name = text.to_string();
+            s.slug = text.to_string();
+            s.parent_tenant = Some(text.to_string());
+            let _ = validate(&s);
+            let mut s = spec("slug: acme\nname: x\n");
+            s.branding = Some(Branding {
+                app_name: Some(text.into()),
+                logo_url: Some(text.into()),
+                email_templates: Some(countersign_crds::tenant::EmailTemplates {
+                    user_invited_subject: Some(text.into()),
+                    user_invited_text: Some(text.into()),
+                    user_invited_html: Some(text.into()),
+                }),
+            });
+            let _ = validate(&s);
+            s.allowed_namespaces = vec![text.into()];
+            let _ = validate(&s);
+        }
+    }
 }
