@@ -3,6 +3,8 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
@@ -12,7 +14,7 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 
 use crate::certs::Pki;
 use crate::ports::{free_port, port_open};
-use crate::process::{keep_tmp, kill_and_reap, log_file, log_tail, spawn_watchdog};
+use crate::process::{keep_tmp, kill_and_reap, log_file, log_tail, signal, spawn_watchdog};
 
 /// How long to wait for `/readyz` to return 200.
 const READY_TIMEOUT: Duration = Duration::from_secs(90);
@@ -22,6 +24,19 @@ const ETCD_TIMEOUT: Duration = Duration::from_secs(30);
 const TAIL_LINES: usize = 40;
 /// Service CIDR given to the apiserver.
 const SERVICE_CIDR: &str = "10.0.0.0/24";
+/// Name of the kube-apiserver entry in [`Children`].
+const APISERVER: &str = "kube-apiserver";
+/// How long kube-apiserver may take to shut down after SIGTERM before it is killed.
+///
+/// Its own shutdown work (pre-shutdown hooks, closing the listener, draining short requests)
+/// takes milliseconds, but then it waits up to `--request-timeout` (60 s) for HTTP/2
+/// connections carrying watches to go idle, which they never do while a client (such as an
+/// operator) is watching. So a restart with watchers always ends in SIGKILL; keep that short.
+const APISERVER_STOP_GRACE: Duration = Duration::from_secs(5);
+/// How long to wait for the apiserver port to stop accepting connections once it has exited.
+const PORT_CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Attempts at starting kube-apiserver again when its port is (briefly) taken.
+const RESTART_ATTEMPTS: u32 = 5;
 
 /// A running kube-apiserver + etcd pair with RBAC enabled and an admin identity.
 ///
@@ -32,14 +47,22 @@ const SERVICE_CIDR: &str = "10.0.0.0/24";
 ///
 /// The value holds no async-runtime resources, so it can be shared between tests that each run
 /// their own tokio runtime; clients are created per call.
+///
+/// [`restart_apiserver`](Self::restart_apiserver) restarts kube-apiserver in place (same port,
+/// flags and certificates; etcd and therefore all objects are kept). Don't call it on the
+/// shared control plane: other tests would see the outage.
 pub struct ControlPlane {
-    children: Children,
+    children: Mutex<Children>,
+    /// Set while [`ControlPlane::restart_apiserver`] runs, so restarts never overlap.
+    restarting: AtomicBool,
     port: u16,
     etcd_port: u16,
     kubeconfig: PathBuf,
     config: kube::Config,
     pki: Pki,
     bin: PathBuf,
+    /// The exact kube-apiserver command-line flags, reused on restart.
+    apiserver_args: Vec<String>,
     // Declared last so it is removed after the children are killed.
     dir: tempfile::TempDir,
 }
@@ -161,12 +184,116 @@ impl ControlPlane {
         kube::Client::try_from(self.kube_config_as(user, groups))
             .with_context(|| format!("building kube client impersonating {user}"))
     }
+
+    /// Restarts kube-apiserver in place, returning once `/readyz` reports ready again.
+    ///
+    /// The running process gets SIGTERM (graceful shutdown) and is killed if it has not exited
+    /// within 5 s (it never does while clients hold watches open). Once its port no longer
+    /// accepts connections, a new process is started with exactly the same flags, port and
+    /// certificates, against the same (still running) etcd, so every object survives. Its
+    /// output is appended to the same log file ([`Self::apiserver_log_path`]) and it is covered
+    /// by a watchdog like the original.
+    ///
+    /// Existing clients keep their configuration (URL, CA, credentials stay valid); their open
+    /// connections and watches are broken and must be re-established by the client.
+    ///
+    /// Fails if another restart of this control plane is in progress, or if the new process
+    /// exits or is not ready within 90 s (with the log tail). If the returned future is dropped
+    /// midway, the apiserver may be left stopped; calling this again starts it.
+    pub async fn restart_apiserver(&self) -> anyhow::Result<()> {
+        if self.restarting.swap(true, Ordering::AcqRel) {
+            bail!("kube-apiserver on port {} is already being restarted", self.port);
+        }
+        let _restarting = ClearOnDrop(&self.restarting);
+        self.stop_apiserver()
+            .await
+            .with_context(|| format!("stopping kube-apiserver on port {}", self.port))?;
+        self.start_apiserver_again()
+            .await
+            .with_context(|| format!("starting kube-apiserver on port {} again", self.port))
+    }
+
+    fn lock_children(&self) -> MutexGuard<'_, Children> {
+        self.children.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Stops the apiserver (TERM, KILL after the grace period), reaps it and waits until its
+    /// port is closed. A no-op for the process if it is not in the children list (already
+    /// stopped by an interrupted restart).
+    async fn stop_apiserver(&self) -> anyhow::Result<()> {
+        let taken = self.lock_children().take(APISERVER);
+        if let Some(entry) = taken {
+            // Owned by a `Children` so the process is killed if this future is dropped.
+            let mut stopping = Children(vec![entry]);
+            let (_, child, _) = &mut stopping.0[0];
+            if child.try_wait().context("polling kube-apiserver")?.is_none() {
+                // Fails only if the process is already gone, which the loop below detects.
+                let _ = signal(child.id(), "TERM");
+                let deadline = Instant::now() + APISERVER_STOP_GRACE;
+                while child.try_wait().context("polling kube-apiserver")?.is_none() {
+                    if Instant::now() > deadline {
+                        tracing::warn!(
+                            "kube-apiserver did not exit within {APISERVER_STOP_GRACE:?} of SIGTERM; killing it"
+                        );
+                        kill_and_reap(child);
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        }
+        let deadline = Instant::now() + PORT_CLOSE_TIMEOUT;
+        while port_open(self.port) {
+            if Instant::now() > deadline {
+                bail!(
+                    "port {} still accepts connections {PORT_CLOSE_TIMEOUT:?} after kube-apiserver exited",
+                    self.port
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(())
+    }
+
+    /// Starts the apiserver with the original flags and waits for `/readyz`, retrying when the
+    /// port is briefly taken by another process.
+    async fn start_apiserver_again(&self) -> anyhow::Result<()> {
+        let log = self.apiserver_log_path();
+        let mut attempt = 1;
+        loop {
+            let child = spawn_apiserver(&self.bin, self.dir.path(), &self.apiserver_args, &log)?;
+            self.lock_children().push(APISERVER, child, log.clone());
+            match wait_ready(&self.config, &self.children, &log).await {
+                Ok(()) => return Ok(()),
+                Err(err) if attempt < RESTART_ATTEMPTS && format!("{err:#}").contains("address already in use") => {
+                    tracing::warn!(attempt, "kube-apiserver port clash on restart, retrying: {err:#}");
+                    // Reaps the exited process.
+                    drop(self.lock_children().take(APISERVER).map(|entry| Children(vec![entry])));
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(err) => return Err(err),
+            }
+        }
+    }
 }
 
 impl Drop for ControlPlane {
     fn drop(&mut self) {
         // Kill promptly; the temp dir field is removed afterwards by its own Drop.
-        self.children.kill_all();
+        self.children
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner)
+            .kill_all();
+    }
+}
+
+/// Clears the flag when dropped (also when the owning future is cancelled).
+struct ClearOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for ClearOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
     }
 }
 
@@ -176,6 +303,12 @@ struct Children(Vec<(&'static str, Child, PathBuf)>);
 impl Children {
     fn push(&mut self, name: &'static str, child: Child, log: PathBuf) {
         self.0.push((name, child, log));
+    }
+
+    /// Removes and returns the (last) child called `name`, if any.
+    fn take(&mut self, name: &str) -> Option<(&'static str, Child, PathBuf)> {
+        let index = self.0.iter().rposition(|(n, _, _)| *n == name)?;
+        Some(self.0.remove(index))
     }
 
     /// Fails if any child has exited, with the tail of its log.
@@ -308,53 +441,68 @@ async fn start_once(bin: &Path) -> anyhow::Result<ControlPlane> {
 
     // kube-apiserver (klog's --log-file flags are gone; it logs to stderr).
     let apiserver_log = root.join("kube-apiserver.log");
-    let (out, err) = log_file(&apiserver_log)?;
     let url = format!("https://127.0.0.1:{port}");
-    let apiserver = Command::new(bin.join("kube-apiserver"))
-        .arg(format!("--etcd-servers={client_url}"))
-        .arg(format!("--cert-dir={}", certs.display()))
-        .arg(format!("--tls-cert-file={}", serving_crt.display()))
-        .arg(format!("--tls-private-key-file={}", serving_key.display()))
-        .arg(format!("--secure-port={port}"))
-        .arg("--bind-address=127.0.0.1")
-        .arg("--advertise-address=127.0.0.1")
+    let apiserver_args = vec![
+        format!("--etcd-servers={client_url}"),
+        format!("--cert-dir={}", certs.display()),
+        format!("--tls-cert-file={}", serving_crt.display()),
+        format!("--tls-private-key-file={}", serving_key.display()),
+        format!("--secure-port={port}"),
+        "--bind-address=127.0.0.1".to_owned(),
+        "--advertise-address=127.0.0.1".to_owned(),
         // The endpoints reconciler would try to publish 127.0.0.1 as the endpoint of the
         // `kubernetes` Service, which validation rejects (loopback), logging an error every
         // 10 s. Nothing in-cluster needs it, so don't reconcile.
-        .arg("--endpoint-reconciler-type=none")
-        .arg(format!("--service-cluster-ip-range={SERVICE_CIDR}"))
-        .arg("--allow-privileged=true")
-        .arg("--disable-admission-plugins=ServiceAccount")
-        .arg("--authorization-mode=RBAC")
-        .arg(format!("--client-ca-file={}", ca_crt.display()))
-        .arg(format!("--service-account-issuer={url}"))
-        .arg(format!("--service-account-key-file={}", sa_pub.display()))
-        .arg(format!("--service-account-signing-key-file={}", sa_key.display()))
-        .current_dir(&root)
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err)
-        .spawn()
-        .context("spawning kube-apiserver")?;
-    let apiserver_pid = apiserver.id();
-    children.push("kube-apiserver", apiserver, apiserver_log.clone());
-    spawn_watchdog(Some(apiserver_pid), None, None)?;
+        "--endpoint-reconciler-type=none".to_owned(),
+        format!("--service-cluster-ip-range={SERVICE_CIDR}"),
+        "--allow-privileged=true".to_owned(),
+        "--disable-admission-plugins=ServiceAccount".to_owned(),
+        "--authorization-mode=RBAC".to_owned(),
+        format!("--client-ca-file={}", ca_crt.display()),
+        format!("--service-account-issuer={url}"),
+        format!("--service-account-key-file={}", sa_pub.display()),
+        format!("--service-account-signing-key-file={}", sa_key.display()),
+    ];
+    let apiserver = spawn_apiserver(bin, &root, &apiserver_args, &apiserver_log)?;
+    children.push(APISERVER, apiserver, apiserver_log.clone());
+    let children = Mutex::new(children);
 
     let kubeconfig = write(&root, "kubeconfig", &admin_kubeconfig(&url, &pki))?;
     let config = load_kubeconfig(&kubeconfig).await?;
 
-    wait_ready(&config, &mut children, &apiserver_log).await?;
+    wait_ready(&config, &children, &apiserver_log).await?;
 
     Ok(ControlPlane {
         children,
+        restarting: AtomicBool::new(false),
         port,
         etcd_port,
         kubeconfig,
         config,
         pki,
         bin: bin.to_path_buf(),
+        apiserver_args,
         dir,
     })
+}
+
+/// Spawns kube-apiserver in `dir` with `args`, appending its output to `log`, and starts a
+/// watchdog that kills it once the test process has exited.
+fn spawn_apiserver(bin: &Path, dir: &Path, args: &[String], log: &Path) -> anyhow::Result<Child> {
+    let (out, err) = log_file(log)?;
+    let mut child = Command::new(bin.join("kube-apiserver"))
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+        .context("spawning kube-apiserver")?;
+    if let Err(err) = spawn_watchdog(Some(child.id()), None, None) {
+        kill_and_reap(&mut child);
+        return Err(err);
+    }
+    Ok(child)
 }
 
 /// A self-contained admin kubeconfig.
@@ -398,15 +546,15 @@ async fn load_kubeconfig(path: &Path) -> anyhow::Result<kube::Config> {
         .with_context(|| format!("loading kubeconfig {}", path.display()))
 }
 
-/// Polls `GET /readyz` as admin until it returns 200.
-async fn wait_ready(config: &kube::Config, children: &mut Children, log: &Path) -> anyhow::Result<()> {
+/// Polls `GET /readyz` as admin until it returns 200, failing early if a child has exited.
+async fn wait_ready(config: &kube::Config, children: &Mutex<Children>, log: &Path) -> anyhow::Result<()> {
     let mut config = config.clone();
     config.connect_timeout = Some(Duration::from_secs(2));
     config.read_timeout = Some(Duration::from_secs(5));
     let client = kube::Client::try_from(config).context("building readiness client")?;
     let deadline = Instant::now() + READY_TIMEOUT;
     loop {
-        children.check_alive()?;
+        children.lock().unwrap_or_else(PoisonError::into_inner).check_alive()?;
         let request = http::Request::get("/readyz")
             .body(Vec::new())
             .context("building /readyz request")?;
