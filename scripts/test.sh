@@ -22,4 +22,10 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "==> CRD YAML freshness"
 cargo run --quiet --locked -p countersign-crds --bin crdgen -- --check
 echo "==> tests"
-cargo test --workspace --locked "$@"
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+cargo test --workspace --locked "$@" 2>&1 | tee "$log"
+echo "==> the README's bring-up command, once"
+scripts/up.sh --once
+# One closing line summing every test binary's result.
+awk '/^test result:/ { p += $4; f += $6 } END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
