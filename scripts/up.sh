@@ -44,6 +44,8 @@ countersign migrate
 echo "==> installing the CRDs"
 kubectl apply --server-side -f crds/yaml/ >/dev/null
 kubectl wait --for=condition=Established crd --all --timeout=60s >/dev/null
+echo "==> installing the approval admission policies and RBAC roles"
+kubectl apply --server-side -f crds/admission/ -f crds/rbac/ -f examples/70-approvers.yaml >/dev/null
 echo "==> starting the operator"
 countersign run --health-addr 127.0.0.1:0 >"$state/operator.log" 2>&1 &
 pids+=($!)

@@ -35,6 +35,16 @@ pub const GROUP: &str = "platform.countersign.dev";
 /// The one served and stored API version.
 pub const VERSION: &str = "v1alpha1";
 
+/// The admission policies and RBAC that make the API server enforce the
+/// two-person rule (DESIGN.md §4.3), as shipped.
+pub mod admission {
+    /// ValidatingAdmissionPolicy + binding (the guard) and the
+    /// MutatingAdmissionPolicy + binding that stamps the requester.
+    pub const APPROVAL_GUARD_YAML: &str = include_str!("../admission/approval-guard.yaml");
+    /// ClusterRoles: `countersign-approver` (verb `approve`) and `countersign-editor`.
+    pub const RBAC_YAML: &str = include_str!("../rbac/approver.yaml");
+}
+
 /// Annotation keys of the two-person protocol and ownership (DESIGN.md §3, §4).
 pub mod annotations {
     /// Who asked for the change: the git author or the kubectl user.

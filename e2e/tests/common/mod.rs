@@ -147,6 +147,38 @@ pub async fn create_dynamic(client: &Client, obj: &DynamicObject, dry_run: bool)
     api.create(&pp, obj).await
 }
 
+/// Applies every document of a YAML text with server-side apply.
+pub async fn apply_yaml(client: &Client, text: &str) -> anyhow::Result<()> {
+    for obj in parse_yaml(text)? {
+        let types = obj.types.clone().unwrap_or_default();
+        let (group, version) = types
+            .api_version
+            .split_once('/')
+            .unwrap_or(("", types.api_version.as_str()));
+        let discovery = Discovery::new(client.clone()).filter(&[group]).run().await?;
+        let gvk = kube::api::GroupVersionKind::gvk(group, version, &types.kind);
+        let (resource, caps) = discovery
+            .resolve_gvk(&gvk)
+            .with_context(|| format!("{} is not served", types.kind))?;
+        let api: Api<DynamicObject> = match caps.scope {
+            Scope::Namespaced => Api::namespaced_with(
+                client.clone(),
+                obj.namespace().as_deref().unwrap_or("default"),
+                &resource,
+            ),
+            Scope::Cluster => Api::all_with(client.clone(), &resource),
+        };
+        api.patch(
+            &obj.name_any(),
+            &PatchParams::apply("countersign").force(),
+            &Patch::Apply(&obj),
+        )
+        .await
+        .with_context(|| format!("apply {} {}", types.kind, obj.name_any()))?;
+    }
+    Ok(())
+}
+
 /// Creates a namespace if it does not exist.
 pub async fn ensure_namespace(client: &Client, name: &str) -> anyhow::Result<()> {
     use k8s_openapi::api::core::v1::Namespace;
