@@ -3,6 +3,7 @@
 
 pub mod controller;
 pub mod error;
+pub mod guard;
 pub mod health;
 pub mod metrics;
 pub mod run;

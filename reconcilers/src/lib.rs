@@ -5,6 +5,7 @@
 //! This crate knows the API database and the CRD types but not the Kubernetes
 //! API: the operator feeds it objects and writes back what it returns.
 
+pub mod approval;
 pub mod audit;
 pub mod conditions;
 pub mod db;

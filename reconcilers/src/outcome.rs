@@ -30,6 +30,9 @@ pub struct Outcome {
     /// Come back after this long even if nothing changes (dependencies,
     /// conflicts that may clear).
     pub requeue_after: Option<Duration>,
+    /// The digest awaiting approval: None keeps the previous value,
+    /// Some(None) clears it.
+    pub pending_digest: Option<Option<String>>,
 }
 
 impl Outcome {
@@ -46,7 +49,7 @@ impl Outcome {
             conditions: conditions::merge(&previous.conditions, &self.conditions, generation, now),
             database_id,
             live_digest,
-            pending_digest: previous.pending_digest,
+            pending_digest: self.pending_digest.clone().unwrap_or(previous.pending_digest),
         }
     }
 }
@@ -62,6 +65,7 @@ mod tests {
             conditions: vec![DesiredCondition::new(SYNCED, ConditionStatus::True, "Ok", "")],
             live,
             requeue_after: None,
+            pending_digest: None,
         }
     }
 

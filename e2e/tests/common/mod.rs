@@ -179,6 +179,12 @@ pub async fn apply_yaml(client: &Client, text: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A cluster-scoped dynamic API for one kind.
+pub fn dynamic_api(client: &Client, group: &str, version: &str, kind: &str) -> Api<DynamicObject> {
+    let resource = kube::api::ApiResource::from_gvk(&kube::api::GroupVersionKind::gvk(group, version, kind));
+    Api::all_with(client.clone(), &resource)
+}
+
 /// Creates a namespace if it does not exist.
 pub async fn ensure_namespace(client: &Client, name: &str) -> anyhow::Result<()> {
     use k8s_openapi::api::core::v1::Namespace;

@@ -36,3 +36,24 @@ pub struct Context {
     /// database, which has no watch of its own.
     pub resync: std::time::Duration,
 }
+
+/// Reads the ApprovalPolicies and, when the object carries an approval, checks
+/// the admission guard: the inputs of the two-person rule for one reconcile.
+pub async fn approval_inputs(
+    ctx: &Context,
+    annotations: Option<&std::collections::BTreeMap<String, String>>,
+) -> Result<countersign_reconcilers::approval::Inputs, kube::Error> {
+    use countersign_crds::ApprovalPolicy;
+    use countersign_reconcilers::approval::{EffectivePolicy, Inputs};
+    let policies = kube::Api::<ApprovalPolicy>::all(ctx.client.clone())
+        .list(&Default::default())
+        .await?;
+    let policy = EffectivePolicy::from_specs(policies.items.iter().map(|p| &p.spec));
+    let approval_present = annotations.is_some_and(|a| a.contains_key(countersign_crds::annotations::APPROVED_BY));
+    let guard = if policy.is_some() && approval_present {
+        Some(crate::guard::check(&ctx.client).await)
+    } else {
+        None
+    };
+    Ok(Inputs { policy, guard })
+}

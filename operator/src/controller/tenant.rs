@@ -78,7 +78,8 @@ async fn apply(api: &Api<Tenant>, tenant: &Tenant, ctx: &Context) -> Result<Acti
     let generation = tenant.metadata.generation;
     let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     let previous = tenant.status.as_ref();
-    match pipeline::reconcile(tenant, &ctx.pool, &ctx.actor).await {
+    let approvals = super::approval_inputs(ctx, tenant.metadata.annotations.as_ref()).await?;
+    match pipeline::reconcile(tenant, &ctx.pool, &ctx.actor, &approvals).await {
         Ok(outcome) => {
             let new = outcome.status(previous, generation, &now);
             status::write(api, tenant, previous, &new, ctx).await?;

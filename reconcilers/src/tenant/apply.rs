@@ -2,6 +2,7 @@
 
 use super::KIND;
 use super::plan::{Plan, Values};
+use crate::approval;
 use crate::audit::{self, Entry};
 use crate::db::{self, Ownership};
 use sqlx::PgPool;
@@ -20,6 +21,8 @@ pub struct Attribution {
     pub name: String,
     /// Digest of the spec being written.
     pub digest: String,
+    /// The second person's approval this write carries out, if one was needed.
+    pub approval: Option<crate::approval::ApprovedChange>,
 }
 
 /// Executes a plan. Returns the row id written, or None for plans that write nothing.
@@ -112,6 +115,12 @@ async fn finish(
     entry.row_id = Some(row_id);
     entry.requester = who.requester.clone();
     entry.digest = Some(who.digest.clone());
+    if let Some(approved) = &who.approval {
+        let request = approval::record(&mut tx, &approved.request).await?;
+        approval::settle(&mut tx, request.id, "approved", Some(&approved.approver), None).await?;
+        entry.approver = Some(approved.approver.clone());
+        entry.detail = serde_json::json!({"change_request": request.id});
+    }
     audit::append(&mut tx, &entry).await?;
     tx.commit().await?;
     Ok(())

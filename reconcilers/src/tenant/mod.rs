@@ -5,9 +5,11 @@ pub mod plan;
 pub mod resolve;
 pub mod validate;
 
+use crate::approval::{self, ApprovedChange, Decision, Gate};
 use crate::conditions::DesiredCondition;
 use crate::outcome::{Desired, Outcome};
 use apply::Attribution;
+use countersign_crds::approval_policy::Operation;
 use countersign_crds::status::{READY, RECONCILING, STALLED, SYNCED};
 use countersign_crds::{ConditionStatus, DeletionPolicy, Tenant, annotations};
 use plan::Plan;
@@ -19,10 +21,12 @@ pub const KIND: &str = "Tenant";
 
 /// How often a tenant waiting on something outside itself looks again.
 const WAIT_REQUEUE: Duration = Duration::from_secs(10);
+/// How often an approval refused for a missing guard is looked at again.
+const GUARD_REQUEUE: Duration = Duration::from_secs(15);
 /// How often a conflicting tenant checks whether the other claim went away.
 const CONFLICT_REQUEUE: Duration = Duration::from_secs(300);
 
-fn attribution(tenant: &Tenant, actor: &str, digest: String) -> Attribution {
+fn attribution(tenant: &Tenant, actor: &str, digest: String, approval: Option<ApprovedChange>) -> Attribution {
     let meta = &tenant.metadata;
     Attribution {
         actor: actor.to_string(),
@@ -34,6 +38,7 @@ fn attribution(tenant: &Tenant, actor: &str, digest: String) -> Attribution {
         uid: meta.uid.clone().unwrap_or_default(),
         name: meta.name.clone().unwrap_or_default(),
         digest,
+        approval,
     }
 }
 
@@ -48,7 +53,12 @@ fn adopt_requested(tenant: &Tenant) -> bool {
 
 /// Brings the database in line with the Tenant. Transient failures are
 /// returned as errors (the caller backs off); everything else is an outcome.
-pub async fn reconcile(tenant: &Tenant, pool: &PgPool, actor: &str) -> Result<Outcome, crate::Error> {
+pub async fn reconcile(
+    tenant: &Tenant,
+    pool: &PgPool,
+    actor: &str,
+    approvals: &approval::Inputs,
+) -> Result<Outcome, crate::Error> {
     let desired = match validate::validate(&tenant.spec) {
         Ok(d) => d,
         Err(invalid) => return Ok(stalled("InvalidSpec", invalid.to_string())),
@@ -63,9 +73,34 @@ pub async fn reconcile(tenant: &Tenant, pool: &PgPool, actor: &str) -> Result<Ou
     let observed = resolve::observe(pool, &uid, &desired.slug, desired.parent_slug.as_deref()).await?;
     let slug = desired.slug.clone();
     let plan = plan::plan(desired, &observed, &uid, &digest, adopt_requested(tenant));
-    let who = attribution(tenant, actor, digest.clone());
+    // Only a change to what the row holds needs a second person: correcting
+    // drift restores what was approved, and recording a digest changes nothing.
+    let operation = match &plan {
+        Plan::Create(_) => Some(Operation::Create),
+        Plan::Update { cause, .. } if *cause != plan::UpdateCause::DriftCorrected => Some(Operation::Update),
+        _ => None,
+    };
+    let mut approved = None;
+    if let Some(operation) = operation {
+        let change = approval::Change {
+            kind: KIND,
+            object_key: tenant.metadata.name.clone().unwrap_or_default(),
+            uid: &uid,
+            annotations: tenant.metadata.annotations.as_ref(),
+            operation,
+            digest: &digest,
+            snapshot: serde_json::to_value(&tenant.spec)?,
+        };
+        match approval::gate(pool, approvals, change, actor).await? {
+            Gate::NotRequired => {}
+            Gate::Approved(change) => approved = Some(change),
+            Gate::Hold(decision) => return Ok(held(&decision, &digest, operation, &slug)),
+        }
+    }
+    let approver = approved.as_ref().map(|a| a.approver.clone());
+    let who = attribution(tenant, actor, digest.clone(), approved);
     let written = apply::apply(pool, &plan, &who).await?;
-    Ok(match plan {
+    let mut outcome = match plan {
         Plan::WaitForParent(parent) => Outcome {
             conditions: vec![
                 cond(
@@ -90,6 +125,7 @@ pub async fn reconcile(tenant: &Tenant, pool: &PgPool, actor: &str) -> Result<Ou
             ],
             live: Desired::Unchanged,
             requeue_after: Some(WAIT_REQUEUE),
+            pending_digest: None,
         },
         Plan::AlreadyExists { row_id } => Outcome {
             requeue_after: None,
@@ -132,16 +168,26 @@ pub async fn reconcile(tenant: &Tenant, pool: &PgPool, actor: &str) -> Result<Ou
                     cond(RECONCILING, ConditionStatus::False, "Live", ""),
                     cond(STALLED, ConditionStatus::False, "Live", ""),
                 ],
-                live: Desired::Live { database_id, digest },
+                live: Desired::Live {
+                    database_id,
+                    digest: digest.clone(),
+                },
                 requeue_after: None,
+                pending_digest: Some(None),
             }
         }
-    })
+    };
+    if let Some(approver) = approver {
+        outcome
+            .conditions
+            .push(approval::condition(&Decision::Approved { approver }, &digest));
+    }
+    Ok(outcome)
 }
 
 /// Handles deletion of the Tenant according to its deletion policy.
 pub async fn cleanup(tenant: &Tenant, pool: &PgPool, actor: &str) -> Result<(), crate::Error> {
-    let who = attribution(tenant, actor, String::new());
+    let who = attribution(tenant, actor, String::new(), None);
     apply::remove(pool, tenant.spec.deletion_policy == DeletionPolicy::Orphan, &who).await?;
     Ok(())
 }
@@ -161,6 +207,7 @@ pub fn unavailable(error: &crate::Error) -> Outcome {
         ],
         live: Desired::Unchanged,
         requeue_after: None,
+        pending_digest: None,
     }
 }
 
@@ -179,6 +226,7 @@ fn stalled(reason: &'static str, message: String) -> Outcome {
         ],
         live: Desired::Unchanged,
         requeue_after: None,
+        pending_digest: None,
     }
 }
 
@@ -197,6 +245,62 @@ fn refused(reason: &'static str, message: String) -> Outcome {
         ],
         live: Desired::NotLive,
         requeue_after: None,
+        pending_digest: None,
+    }
+}
+
+/// The outcome while a change waits behind the two-person rule: nothing was
+/// written; for an update the approved configuration stays live and Ready
+/// keeps saying so.
+fn held(decision: &Decision, digest: &str, operation: Operation, slug: &str) -> Outcome {
+    let approved = approval::condition(decision, digest);
+    let needs_change = matches!(
+        decision,
+        Decision::Rejected { .. } | Decision::Expired | Decision::RequesterUnknown
+    );
+    let mut conditions = vec![
+        approved.clone(),
+        cond(
+            SYNCED,
+            ConditionStatus::True,
+            "ReconcileSucceeded",
+            "the database was read without error",
+        ),
+        cond(
+            RECONCILING,
+            (!needs_change).into(),
+            decision.reason(),
+            approved.message.clone(),
+        ),
+        cond(
+            STALLED,
+            needs_change.into(),
+            decision.reason(),
+            if needs_change {
+                approved.message.clone()
+            } else {
+                String::new()
+            },
+        ),
+    ];
+    if operation == Operation::Create {
+        conditions.push(cond(
+            READY,
+            ConditionStatus::False,
+            decision.reason(),
+            format!(
+                "tenant {slug:?} is not created until a second person approves: {}",
+                approved.message
+            ),
+        ));
+    }
+    Outcome {
+        conditions,
+        live: Desired::Unchanged,
+        // Nothing watches the admission objects: look again soon so a restored
+        // guard lets the waiting approval through.
+        requeue_after: matches!(decision, Decision::GuardMissing(_)).then_some(GUARD_REQUEUE),
+        pending_digest: Some(Some(digest.to_string())),
     }
 }
 

@@ -1,0 +1,341 @@
+//! The controller's half of the two-person rule, end to end: changes under an
+//! ApprovalPolicy wait for a second person, and the operator refuses every
+//! approval it must not honour, leaving the database unchanged.
+
+mod common;
+
+use common::{has_condition, wait_tenant};
+use countersign_crds::Tenant;
+use countersign_crds::admission::{APPROVAL_GUARD_YAML, RBAC_YAML};
+use countersign_e2e::{ControlPlane, unique_name};
+use countersign_operator::run::Running;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::{Client, ResourceExt};
+use serde_json::json;
+use sqlx::PgPool;
+
+const GITOPS: &str = "system:serviceaccount:argocd:argocd-application-controller";
+const EDITORS: &str = "platform-editors";
+const APPROVERS: &str = "platform-approvers";
+
+struct Stack {
+    cp: ControlPlane,
+    admin: Client,
+    pool: PgPool,
+    run: String,
+    op: Running,
+}
+
+impl Stack {
+    async fn start() -> anyhow::Result<Self> {
+        let cp = ControlPlane::start().await?;
+        let admin = cp.client().await?;
+        common::install_crds(&admin).await?;
+        common::apply_yaml(&admin, RBAC_YAML).await?;
+        let approvers = std::fs::read_to_string(common::repo_root().join("examples/70-approvers.yaml"))?;
+        common::apply_yaml(&admin, &approvers).await?;
+        common::apply_yaml(&admin, APPROVAL_GUARD_YAML).await?;
+        common::apply_yaml(
+            &admin,
+            &format!(
+                "apiVersion: platform.countersign.dev/v1alpha1\nkind: ApprovalPolicy\nmetadata: {{name: tenants}}\n\
+                 spec:\n  rules: [{{kinds: [Tenant], operations: [create, update]}}]\n  \
+                 gitopsServiceAccounts: ['{GITOPS}']\n\
+                 ---\napiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\nmetadata: {{name: argocd-edits}}\n\
+                 roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: countersign-editor}}\n\
+                 subjects: [{{kind: User, apiGroup: rbac.authorization.k8s.io, name: '{GITOPS}'}}]\n"
+            ),
+        )
+        .await?;
+        let (_url, pool) = common::database().await?;
+        let run = unique_name("approval");
+        let op = common::operator(&admin, &pool, &run).await?;
+        Ok(Self {
+            cp,
+            admin,
+            pool,
+            run,
+            op,
+        })
+    }
+
+    async fn as_user(&self, user: &str, groups: &[&str]) -> anyhow::Result<Api<Tenant>> {
+        Ok(Api::all(self.cp.client_as(user, groups).await?))
+    }
+
+    /// A Tenant created by the GitOps service account on behalf of `author`.
+    async fn gitops_create(&self, name: &str, author: &str) -> anyhow::Result<()> {
+        let mut t = common::tenant(name, &self.run, json!({"slug": name, "name": "Declared in git"}))?;
+        t.annotations_mut()
+            .insert("countersign.dev/requested-by".into(), author.into());
+        self.as_user(GITOPS, &["system:serviceaccounts"])
+            .await?
+            .create(&PostParams::default(), &t)
+            .await?;
+        Ok(())
+    }
+
+    async fn awaiting(&self, name: &str) -> anyhow::Result<Tenant> {
+        let api: Api<Tenant> = Api::all(self.admin.clone());
+        wait_tenant(&api, name, "AwaitingApproval", |t| {
+            has_condition(t, "Approved", "False", "AwaitingApproval")
+        })
+        .await
+    }
+
+    async fn approve(&self, name: &str, who: &str, digest: &str) -> anyhow::Result<()> {
+        let patch = Patch::Merge(json!({"metadata": {"annotations": {
+            "countersign.dev/approved-by": who, "countersign.dev/approved-digest": digest}}}));
+        self.as_user(who, &[EDITORS, APPROVERS])
+            .await?
+            .patch(name, &PatchParams::default(), &patch)
+            .await?;
+        Ok(())
+    }
+
+    async fn rows(&self, slug: &str) -> anyhow::Result<Vec<String>> {
+        Ok(sqlx::query_scalar("SELECT name FROM tenants WHERE slug = $1")
+            .bind(slug)
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
+    async fn requests(&self, name: &str) -> anyhow::Result<Vec<(String, String, Option<String>)>> {
+        Ok(sqlx::query_as(
+            "SELECT state, requester, decided_by FROM change_requests WHERE object_key = $1 ORDER BY created_at",
+        )
+        .bind(name)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+}
+
+fn pending_digest(t: &Tenant) -> String {
+    t.status
+        .as_ref()
+        .and_then(|s| s.pending_digest.clone())
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn a_gitops_change_goes_live_only_after_a_second_person_approves() -> anyhow::Result<()> {
+    let stack = Stack::start().await?;
+    let admin: Api<Tenant> = Api::all(stack.admin.clone());
+
+    // GitOps applies on behalf of carol; nothing is written while it waits.
+    let name = unique_name("gitops");
+    stack.gitops_create(&name, "carol@example.com").await?;
+    let waiting = stack.awaiting(&name).await?;
+    assert!(has_condition(&waiting, "Ready", "False", "AwaitingApproval"));
+    let digest = pending_digest(&waiting);
+    assert_eq!(digest.len(), 64);
+    assert!(stack.rows(&name).await?.is_empty(), "a pending tenant is not written");
+    assert_eq!(
+        stack.requests(&name).await?,
+        [("pending".into(), "carol@example.com".into(), None)]
+    );
+
+    // A different human approves the digest they saw: it goes live with the audit row.
+    stack.approve(&name, "bob", &digest).await?;
+    let live = wait_tenant(&admin, &name, "Ready", |t| has_condition(t, "Ready", "True", "Live")).await?;
+    assert!(has_condition(&live, "Approved", "True", "Approved"));
+    assert_eq!(
+        live.status.as_ref().and_then(|s| s.live_digest.clone()),
+        Some(digest.clone())
+    );
+    assert_eq!(live.status.as_ref().and_then(|s| s.pending_digest.clone()), None);
+    assert_eq!(stack.rows(&name).await?, ["Declared in git"]);
+    assert_eq!(
+        stack.requests(&name).await?,
+        [("approved".into(), "carol@example.com".into(), Some("bob".into()))]
+    );
+    let (action, requester, approver): (String, Option<String>, Option<String>) =
+        sqlx::query_as("SELECT action, requester, approver FROM audit_log WHERE object_key = $1")
+            .bind(&name)
+            .fetch_one(&stack.pool)
+            .await?;
+    assert_eq!(
+        (action.as_str(), requester.as_deref(), approver.as_deref()),
+        ("create", Some("carol@example.com"), Some("bob"))
+    );
+
+    // A human edits with kubectl (stamped as requester); the approved name stays live meanwhile.
+    let alice = stack.as_user("alice", &[EDITORS, APPROVERS]).await?;
+    alice
+        .patch(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"name": "Edited by alice"}})),
+        )
+        .await?;
+    // bob's approval of the first digest does not carry over to the new one.
+    let waiting = wait_tenant(&admin, &name, "a pending update", |t| {
+        !pending_digest(t).is_empty()
+            && pending_digest(t) != digest
+            && has_condition(t, "Approved", "False", "StaleApproval")
+    })
+    .await?;
+    let ready = common::condition_of(waiting.status.as_ref(), "Ready")
+        .cloned()
+        .expect("Ready");
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("True", "Live"),
+        "Ready keeps describing what is live"
+    );
+    assert_eq!(stack.rows(&name).await?, ["Declared in git"]);
+    let update_digest = pending_digest(&waiting);
+    let requester = waiting.annotations().get("countersign.dev/requested-by").cloned();
+    assert_eq!(
+        requester.as_deref(),
+        Some("alice"),
+        "kubectl users are stamped as requester"
+    );
+
+    // A second human approves the current digest.
+    stack.approve(&name, "bob", &update_digest).await?;
+    wait_tenant(&admin, &name, "Ready with the update", |t| {
+        has_condition(t, "Approved", "True", "Approved")
+            && t.status.as_ref().and_then(|s| s.live_digest.clone()) == Some(update_digest.clone())
+    })
+    .await?;
+    assert_eq!(stack.rows(&name).await?, ["Edited by alice"]);
+    let verified = countersign_reconcilers::audit::verify(&stack.pool).await?;
+    assert_eq!((verified.entries, verified.broken), (2, None));
+    stack.op.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_operator_refuses_approvals_it_must_not_honour() -> anyhow::Result<()> {
+    let stack = Stack::start().await?;
+    let admin: Api<Tenant> = Api::all(stack.admin.clone());
+    let pp = PatchParams::default();
+
+    // Approving digest A and then changing the spec to B: A's request is superseded.
+    let ab = unique_name("ab");
+    stack.gitops_create(&ab, "carol@example.com").await?;
+    let digest_a = pending_digest(&stack.awaiting(&ab).await?);
+    let gitops = stack.as_user(GITOPS, &["system:serviceaccounts"]).await?;
+    gitops
+        .patch(&ab, &pp, &Patch::Merge(json!({"spec": {"name": "B"}})))
+        .await?;
+    let waiting_b = wait_tenant(&admin, &ab, "a new pending digest", |t| {
+        !pending_digest(t).is_empty() && pending_digest(t) != digest_a
+    })
+    .await?;
+    stack.approve(&ab, "bob", &digest_a).await?;
+    wait_tenant(&admin, &ab, "StaleApproval", |t| {
+        has_condition(t, "Approved", "False", "StaleApproval")
+    })
+    .await?;
+    assert!(stack.rows(&ab).await?.is_empty());
+    let states: Vec<String> = stack.requests(&ab).await?.into_iter().map(|r| r.0).collect();
+    assert_eq!(states, ["superseded", "pending"]);
+    drop(waiting_b);
+
+    // Approving while the guard is set to Warn: the API server would no longer enforce it.
+    let guarded = unique_name("guard");
+    stack.gitops_create(&guarded, "carol@example.com").await?;
+    let digest = pending_digest(&stack.awaiting(&guarded).await?);
+    let bindings = common::dynamic_api(
+        &stack.admin,
+        "admissionregistration.k8s.io",
+        "v1",
+        "ValidatingAdmissionPolicyBinding",
+    );
+    bindings
+        .patch(
+            "countersign-approval-guard",
+            &pp,
+            &Patch::Merge(json!({"spec": {"validationActions": ["Warn"]}})),
+        )
+        .await?;
+    stack.approve(&guarded, "bob", &digest).await?;
+    let refused = wait_tenant(&admin, &guarded, "ApprovalGuardMissing", |t| {
+        has_condition(t, "Approved", "False", "ApprovalGuardMissing")
+    })
+    .await?;
+    let message = common::condition_of(refused.status.as_ref(), "Approved")
+        .map(|c| c.message.clone())
+        .unwrap_or_default();
+    assert!(message.contains("validationActions"), "{message}");
+    assert!(stack.rows(&guarded).await?.is_empty());
+    // Restoring the shipped guard lets the same approval through (the operator looks again by itself).
+    bindings
+        .patch(
+            "countersign-approval-guard",
+            &pp,
+            &Patch::Merge(json!({"spec": {"validationActions": ["Deny"]}})),
+        )
+        .await?;
+    wait_tenant(&admin, &guarded, "Ready", |t| has_condition(t, "Ready", "True", "Live")).await?;
+
+    // A rejection sticks for its digest, whoever approves afterwards.
+    let rejected = unique_name("rejected");
+    stack.gitops_create(&rejected, "carol@example.com").await?;
+    let digest = pending_digest(&stack.awaiting(&rejected).await?);
+    stack
+        .as_user("bob", &[EDITORS, APPROVERS])
+        .await?
+        .patch(
+            &rejected,
+            &pp,
+            &Patch::Merge(
+                json!({"metadata": {"annotations": {"countersign.dev/rejected-by": "bob",
+                "countersign.dev/rejected-digest": digest, "countersign.dev/rejected-reason": "wrong owner"}}}),
+            ),
+        )
+        .await?;
+    let t = wait_tenant(&admin, &rejected, "Rejected", |t| {
+        has_condition(t, "Approved", "False", "Rejected")
+    })
+    .await?;
+    assert!(has_condition(&t, "Stalled", "True", "Rejected"));
+    stack.approve(&rejected, "dave", &digest).await?;
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    let t = admin.get(&rejected).await?;
+    assert!(has_condition(&t, "Approved", "False", "Rejected"), "{:?}", t.status);
+    assert!(stack.rows(&rejected).await?.is_empty());
+    assert_eq!(
+        stack.requests(&rejected).await?,
+        [("rejected".into(), "carol@example.com".into(), Some("bob".into()))]
+    );
+
+    // Approving after the request expired.
+    let late = unique_name("late");
+    stack.gitops_create(&late, "carol@example.com").await?;
+    let digest = pending_digest(&stack.awaiting(&late).await?);
+    sqlx::query("UPDATE change_requests SET expires_at = now() - interval '1 second' WHERE object_key = $1")
+        .bind(&late)
+        .execute(&stack.pool)
+        .await?;
+    stack.approve(&late, "bob", &digest).await?;
+    wait_tenant(&admin, &late, "ApprovalExpired", |t| {
+        has_condition(t, "Approved", "False", "ApprovalExpired")
+    })
+    .await?;
+    assert!(stack.rows(&late).await?.is_empty());
+    assert_eq!(stack.requests(&late).await?[0].0, "expired");
+
+    // No requester under a policy: only a GitOps account can leave it out (people are stamped).
+    let anonymous = unique_name("anon");
+    gitops
+        .create(
+            &PostParams::default(),
+            &common::tenant(
+                &anonymous,
+                &stack.run,
+                json!({"slug": anonymous, "name": "Nobody asked"}),
+            )?,
+        )
+        .await?;
+    wait_tenant(&admin, &anonymous, "RequesterUnknown", |t| {
+        has_condition(t, "Approved", "False", "RequesterUnknown")
+            && has_condition(t, "Stalled", "True", "RequesterUnknown")
+    })
+    .await?;
+    assert!(stack.rows(&anonymous).await?.is_empty());
+    stack.op.shutdown().await;
+    Ok(())
+}

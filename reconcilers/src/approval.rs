@@ -1,0 +1,696 @@
+//! The two-person rule (DESIGN.md §4), one implementation for every kind:
+//! the pure decision on a change, and the change-request records.
+
+use chrono::{DateTime, Utc};
+use countersign_crds::approval_policy::{ApprovalPolicySpec, GuardedKind, Operation};
+use sqlx::{Postgres, Transaction};
+use std::collections::BTreeSet;
+use uuid::Uuid;
+
+/// The union of every ApprovalPolicy in the cluster.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EffectivePolicy {
+    covered: BTreeSet<(String, &'static str)>,
+    /// How long a request stays open, in seconds (the shortest of all policies).
+    pub request_ttl_seconds: i64,
+}
+
+impl EffectivePolicy {
+    /// Folds the policies' rules together; None when there is no policy.
+    pub fn from_specs<'a>(specs: impl IntoIterator<Item = &'a ApprovalPolicySpec>) -> Option<Self> {
+        let mut out: Option<Self> = None;
+        for spec in specs {
+            let p = out.get_or_insert_with(|| Self {
+                covered: BTreeSet::new(),
+                request_ttl_seconds: i64::MAX,
+            });
+            p.request_ttl_seconds = p.request_ttl_seconds.min(spec.request_ttl_seconds);
+            for rule in &spec.rules {
+                for kind in &rule.kinds {
+                    for op in &rule.operations {
+                        p.covered.insert((kind_name(*kind).to_string(), op_name(*op)));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Whether a second person must approve `operation` on `kind`.
+    pub fn covers(&self, kind: &str, operation: Operation) -> bool {
+        self.covered.contains(&(kind.to_string(), op_name(operation)))
+    }
+}
+
+/// The Kubernetes kind name of a guarded kind.
+pub fn kind_name(kind: GuardedKind) -> &'static str {
+    match kind {
+        GuardedKind::Tenant => "Tenant",
+        GuardedKind::IdentityProvider => "IdentityProvider",
+        GuardedKind::GroupMapping => "GroupMapping",
+        GuardedKind::WebhookSubscription => "WebhookSubscription",
+        GuardedKind::FrontingLink => "FrontingLink",
+        GuardedKind::LicenseGrant => "LicenseGrant",
+    }
+}
+
+/// The database spelling of an operation.
+pub fn op_name(op: Operation) -> &'static str {
+    match op {
+        Operation::Create => "create",
+        Operation::Update => "update",
+        Operation::Delete => "delete",
+    }
+}
+
+/// Whether the API server's admission guard is installed as shipped.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Guard {
+    /// Installed and unchanged.
+    Intact,
+    /// Missing or altered; the text says what.
+    Broken(String),
+}
+
+/// An approval or rejection annotation pair.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Mark {
+    /// Who (approved-by / rejected-by).
+    pub by: String,
+    /// The digest they decided on.
+    pub digest: String,
+}
+
+/// The state of a recorded change request (table `change_requests`).
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
+pub struct Recorded {
+    /// Row id.
+    pub id: Uuid,
+    /// pending, approved, rejected, expired or superseded.
+    pub state: String,
+    /// The requester recorded when the digest was first seen.
+    pub requester: String,
+    /// Who decided, once decided.
+    pub decided_by: Option<String>,
+    /// Rejection note.
+    pub note: Option<String>,
+    /// When the request stops being approvable.
+    pub expires_at: DateTime<Utc>,
+}
+
+/// Everything the decision needs, gathered by the caller.
+#[derive(Clone, Debug)]
+pub struct Facts<'a> {
+    /// The digest of the change.
+    pub digest: &'a str,
+    /// The requested-by annotation.
+    pub requester: Option<&'a str>,
+    /// The approved-by / approved-digest annotations.
+    pub approval: Option<Mark>,
+    /// The rejected-by / rejected-digest annotations.
+    pub rejection: Option<Mark>,
+    /// The optional rejected-reason annotation.
+    pub rejection_reason: Option<&'a str>,
+    /// The change request recorded for this digest, if any.
+    pub recorded: Option<&'a Recorded>,
+    /// The admission guard.
+    pub guard: &'a Guard,
+    /// Now.
+    pub now: DateTime<Utc>,
+}
+
+/// What to do with a change covered by a policy.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// No requester declared: stall until one is.
+    RequesterUnknown,
+    /// Wait for a second person.
+    Awaiting,
+    /// An approval exists, but for another digest.
+    StaleApproval {
+        /// The digest that was approved.
+        approved: String,
+    },
+    /// The requester approved their own change.
+    SelfApprovalIgnored {
+        /// Who.
+        approver: String,
+    },
+    /// The change was rejected; it stays rejected until the spec changes.
+    Rejected {
+        /// Who rejected.
+        by: String,
+        /// Why, if said.
+        reason: Option<String>,
+    },
+    /// The request expired before anyone approved it.
+    Expired,
+    /// An approval is present but the admission guard is not intact.
+    GuardMissing(String),
+    /// Approved: apply it.
+    Approved {
+        /// Who approved.
+        approver: String,
+    },
+}
+
+impl Decision {
+    /// The condition reason for `Approved`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::RequesterUnknown => "RequesterUnknown",
+            Self::Awaiting => "AwaitingApproval",
+            Self::StaleApproval { .. } => "StaleApproval",
+            Self::SelfApprovalIgnored { .. } => "SelfApprovalIgnored",
+            Self::Rejected { .. } => "Rejected",
+            Self::Expired => "ApprovalExpired",
+            Self::GuardMissing(_) => "ApprovalGuardMissing",
+            Self::Approved { .. } => "Approved",
+        }
+    }
+}
+
+/// Decides on a change that a policy covers. Pure: every input is in `facts`.
+pub fn decide(facts: &Facts<'_>) -> Decision {
+    let Some(requester) = facts.requester.filter(|r| !r.is_empty()) else {
+        return Decision::RequesterUnknown;
+    };
+    // A decision recorded for this digest stands, whatever the annotations say now.
+    if let Some(rec) = facts.recorded {
+        match rec.state.as_str() {
+            "rejected" => {
+                return Decision::Rejected {
+                    by: rec.decided_by.clone().unwrap_or_default(),
+                    reason: rec.note.clone(),
+                };
+            }
+            "expired" => return Decision::Expired,
+            "approved" => {
+                return Decision::Approved {
+                    approver: rec.decided_by.clone().unwrap_or_default(),
+                };
+            }
+            _ => {}
+        }
+    }
+    let recorded_requester = facts.recorded.map_or(requester, |r| r.requester.as_str());
+    if let Some(rejection) = facts.rejection.as_ref().filter(|r| r.digest == facts.digest) {
+        return Decision::Rejected {
+            by: rejection.by.clone(),
+            reason: facts.rejection_reason.map(str::to_string),
+        };
+    }
+    if facts.recorded.is_some_and(|r| facts.now >= r.expires_at) {
+        return Decision::Expired;
+    }
+    let Some(approval) = &facts.approval else {
+        return Decision::Awaiting;
+    };
+    if approval.digest != facts.digest {
+        return Decision::StaleApproval {
+            approved: approval.digest.clone(),
+        };
+    }
+    if let Guard::Broken(why) = facts.guard {
+        return Decision::GuardMissing(why.clone());
+    }
+    if approval.by == recorded_requester || approval.by == requester {
+        return Decision::SelfApprovalIgnored {
+            approver: approval.by.clone(),
+        };
+    }
+    Decision::Approved {
+        approver: approval.by.clone(),
+    }
+}
+
+/// The change request of this object for this digest.
+pub async fn recorded<'e, E: sqlx::PgExecutor<'e>>(
+    executor: E,
+    kind: &str,
+    uid: &str,
+    digest: &str,
+) -> Result<Option<Recorded>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id, state, requester, decided_by, note, expires_at FROM change_requests
+          WHERE kind = $1 AND object_uid = $2 AND digest = $3",
+    )
+    .bind(kind)
+    .bind(uid)
+    .bind(digest)
+    .fetch_optional(executor)
+    .await
+}
+
+/// A change waiting to be recorded.
+#[derive(Clone, Debug)]
+pub struct NewRequest {
+    /// Kind.
+    pub kind: String,
+    /// namespace/name.
+    pub object_key: String,
+    /// uid.
+    pub uid: String,
+    /// create, update or delete.
+    pub operation: Operation,
+    /// Digest.
+    pub digest: String,
+    /// The spec as it would be applied.
+    pub snapshot: serde_json::Value,
+    /// Requester.
+    pub requester: String,
+    /// Open for this long.
+    pub ttl_seconds: i64,
+}
+
+/// An approved change, applied in the same transaction as its write.
+#[derive(Clone, Debug)]
+pub struct ApprovedChange {
+    /// The request.
+    pub request: NewRequest,
+    /// Who approved it.
+    pub approver: String,
+}
+
+/// Records a request the first time its digest is seen and marks the
+/// object's older pending requests superseded. Returns the request.
+pub async fn record(tx: &mut Transaction<'_, Postgres>, req: &NewRequest) -> Result<Recorded, sqlx::Error> {
+    sqlx::query(
+        "UPDATE change_requests SET state = 'superseded', decided_at = now()
+          WHERE kind = $1 AND object_uid = $2 AND digest <> $3 AND state = 'pending'",
+    )
+    .bind(&req.kind)
+    .bind(&req.uid)
+    .bind(&req.digest)
+    .execute(&mut **tx)
+    .await?;
+    sqlx::query_as(
+        "INSERT INTO change_requests (kind, object_key, object_uid, operation, digest, spec_snapshot, requester, expires_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, now() + make_interval(secs => $8))
+         ON CONFLICT (kind, object_uid, digest) DO UPDATE SET state = change_requests.state
+         RETURNING id, state, requester, decided_by, note, expires_at",
+    )
+    .bind(&req.kind)
+    .bind(&req.object_key)
+    .bind(&req.uid)
+    .bind(op_name(req.operation))
+    .bind(&req.digest)
+    .bind(&req.snapshot)
+    .bind(&req.requester)
+    .bind(req.ttl_seconds as f64)
+    .fetch_one(&mut **tx)
+    .await
+}
+
+/// Moves a pending request to a final state.
+pub async fn settle(
+    tx: &mut Transaction<'_, Postgres>,
+    id: Uuid,
+    state: &str,
+    decided_by: Option<&str>,
+    note: Option<&str>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE change_requests SET state = $2, decided_by = $3, note = $4, decided_at = now()
+          WHERE id = $1 AND state = 'pending'",
+    )
+    .bind(id)
+    .bind(state)
+    .bind(decided_by)
+    .bind(note)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Records a request that is not applied now, settling it when the decision
+/// is final (rejected, expired), with an audit entry for a settled decision.
+/// One transaction; writes nothing when the request is already recorded in
+/// the same state.
+pub async fn record_decision(
+    pool: &sqlx::PgPool,
+    req: &NewRequest,
+    existing: Option<&Recorded>,
+    settle_as: Option<(&str, Option<&str>, Option<&str>)>,
+    actor: &str,
+) -> Result<(), crate::Error> {
+    let unchanged = match (existing, settle_as) {
+        (Some(rec), None) => rec.state == "pending",
+        (Some(rec), Some((state, _, _))) => rec.state == state,
+        (None, _) => false,
+    };
+    if unchanged {
+        return Ok(());
+    }
+    let mut tx = pool.begin().await?;
+    let rec = record(&mut tx, req).await?;
+    if let Some((state, decided_by, note)) = settle_as {
+        settle(&mut tx, rec.id, state, decided_by, note).await?;
+        let mut entry = crate::audit::Entry::now(&req.kind, &req.object_key, state, actor);
+        entry.requester = Some(req.requester.clone());
+        entry.approver = decided_by.map(str::to_string);
+        entry.digest = Some(req.digest.clone());
+        entry.detail = serde_json::json!({"change_request": rec.id, "operation": op_name(req.operation)});
+        crate::audit::append(&mut tx, &entry).await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// What the controller knows about approvals for this reconcile.
+#[derive(Clone, Debug, Default)]
+pub struct Inputs {
+    /// The union of the ApprovalPolicies, None without any.
+    pub policy: Option<EffectivePolicy>,
+    /// The state of the admission guard (checked by the operator).
+    pub guard: Option<Guard>,
+}
+
+/// The result of passing a change through the two-person rule.
+#[derive(Clone, Debug)]
+pub enum Gate {
+    /// No policy covers the change: apply it.
+    NotRequired,
+    /// Approved: apply it together with this approval.
+    Approved(ApprovedChange),
+    /// Do not apply; report this decision.
+    Hold(Decision),
+}
+
+/// The object facts a gate needs.
+#[derive(Clone, Debug)]
+pub struct Change<'a> {
+    /// Kind.
+    pub kind: &'a str,
+    /// namespace/name.
+    pub object_key: String,
+    /// uid.
+    pub uid: &'a str,
+    /// The object's annotations.
+    pub annotations: Option<&'a std::collections::BTreeMap<String, String>>,
+    /// create, update or delete.
+    pub operation: Operation,
+    /// Digest of the change.
+    pub digest: &'a str,
+    /// What would be applied.
+    pub snapshot: serde_json::Value,
+}
+
+/// Passes a change through the two-person rule, recording the change request.
+pub async fn gate(pool: &sqlx::PgPool, inputs: &Inputs, change: Change<'_>, actor: &str) -> Result<Gate, crate::Error> {
+    use countersign_crds::annotations as a;
+    let Some(policy) = inputs
+        .policy
+        .as_ref()
+        .filter(|p| p.covers(change.kind, change.operation))
+    else {
+        return Ok(Gate::NotRequired);
+    };
+    let get = |k: &str| change.annotations.and_then(|m| m.get(k)).map(String::as_str);
+    let pair = |by: &str, digest: &str| match (get(by), get(digest)) {
+        (Some(by), Some(digest)) => Some(Mark {
+            by: by.into(),
+            digest: digest.into(),
+        }),
+        _ => None,
+    };
+    let recorded = recorded(pool, change.kind, change.uid, change.digest).await?;
+    let intact = Guard::Intact;
+    let decision = decide(&Facts {
+        digest: change.digest,
+        requester: get(a::REQUESTED_BY),
+        approval: pair(a::APPROVED_BY, a::APPROVED_DIGEST),
+        rejection: pair(a::REJECTED_BY, a::REJECTED_DIGEST),
+        rejection_reason: get(a::REJECTED_REASON),
+        recorded: recorded.as_ref(),
+        guard: inputs.guard.as_ref().unwrap_or(&intact),
+        now: Utc::now(),
+    });
+    let Some(requester) = get(a::REQUESTED_BY).filter(|r| !r.is_empty()) else {
+        return Ok(Gate::Hold(decision));
+    };
+    let request = NewRequest {
+        kind: change.kind.into(),
+        object_key: change.object_key,
+        uid: change.uid.into(),
+        operation: change.operation,
+        digest: change.digest.into(),
+        snapshot: change.snapshot,
+        requester: requester.into(),
+        ttl_seconds: policy.request_ttl_seconds,
+    };
+    let settle_as = match &decision {
+        Decision::Approved { approver } => {
+            return Ok(Gate::Approved(ApprovedChange {
+                request,
+                approver: approver.clone(),
+            }));
+        }
+        Decision::Rejected { by, reason } => Some(("rejected", Some(by.as_str()), reason.as_deref())),
+        Decision::Expired => Some(("expired", None, None)),
+        _ => None,
+    };
+    record_decision(pool, &request, recorded.as_ref(), settle_as, actor).await?;
+    Ok(Gate::Hold(decision))
+}
+
+/// The `Approved` condition describing a decision.
+pub fn condition(decision: &Decision, digest: &str) -> crate::conditions::DesiredCondition {
+    use countersign_crds::ConditionStatus::{False, True};
+    use countersign_crds::status::APPROVED;
+    let short = &digest[..digest.len().min(12)];
+    let message = match decision {
+        Decision::RequesterUnknown => {
+            "a policy requires approval but metadata.annotations[countersign.dev/requested-by] is not set".to_string()
+        }
+        Decision::Awaiting => format!("change {short} awaits a second person's approval (digest {digest})"),
+        Decision::StaleApproval { approved } => {
+            format!("the approval was for digest {approved}, not the current {digest}; approve the current digest")
+        }
+        Decision::SelfApprovalIgnored { approver } => {
+            format!("{approver} requested this change and cannot approve it; another person must")
+        }
+        Decision::Rejected { by, reason } => match reason {
+            Some(r) => format!("rejected by {by}: {r}; change the spec to make a new request"),
+            None => format!("rejected by {by}; change the spec to make a new request"),
+        },
+        Decision::Expired => "the change request expired before it was approved; change the spec to ask again".into(),
+        Decision::GuardMissing(why) => {
+            format!("approval not honoured: the admission guard is not installed as shipped ({why})")
+        }
+        Decision::Approved { approver } => format!("approved by {approver}"),
+    };
+    let status = if matches!(decision, Decision::Approved { .. }) {
+        True
+    } else {
+        False
+    };
+    crate::conditions::DesiredCondition::new(APPROVED, status, decision.reason(), message)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::Duration;
+
+    fn rec(state: &str, requester: &str, expires_in: i64) -> Recorded {
+        Recorded {
+            id: Uuid::nil(),
+            state: state.into(),
+            requester: requester.into(),
+            decided_by: Some("bob".into()),
+            note: Some("no".into()),
+            expires_at: Utc::now() + Duration::seconds(expires_in),
+        }
+    }
+
+    fn mark(by: &str, digest: &str) -> Option<Mark> {
+        Some(Mark {
+            by: by.into(),
+            digest: digest.into(),
+        })
+    }
+
+    #[test]
+    fn decision_table() {
+        let intact = Guard::Intact;
+        let broken = Guard::Broken("policy missing".into());
+        let pending = rec("pending", "alice", 3600);
+        let expired_pending = rec("pending", "alice", -1);
+        let rejected = rec("rejected", "alice", 3600);
+        let approved = rec("approved", "alice", 3600);
+        let expired = rec("expired", "alice", -1);
+        type Case<'a> = (
+            &'a str,
+            Option<&'a str>,
+            Option<Mark>,
+            Option<Mark>,
+            Option<&'a Recorded>,
+            &'a Guard,
+            Decision,
+        );
+        let cases: Vec<Case> = vec![
+            (
+                "no requester",
+                None,
+                mark("bob", "D"),
+                None,
+                None,
+                &intact,
+                Decision::RequesterUnknown,
+            ),
+            (
+                "nothing yet",
+                Some("alice"),
+                None,
+                None,
+                Some(&pending),
+                &intact,
+                Decision::Awaiting,
+            ),
+            (
+                "first sight",
+                Some("alice"),
+                None,
+                None,
+                None,
+                &intact,
+                Decision::Awaiting,
+            ),
+            (
+                "second person approves",
+                Some("alice"),
+                mark("bob", "D"),
+                None,
+                Some(&pending),
+                &intact,
+                Decision::Approved { approver: "bob".into() },
+            ),
+            (
+                "approval for another digest",
+                Some("alice"),
+                mark("bob", "OLD"),
+                None,
+                Some(&pending),
+                &intact,
+                Decision::StaleApproval { approved: "OLD".into() },
+            ),
+            (
+                "self approval",
+                Some("alice"),
+                mark("alice", "D"),
+                None,
+                Some(&pending),
+                &intact,
+                Decision::SelfApprovalIgnored {
+                    approver: "alice".into(),
+                },
+            ),
+            (
+                "guard missing",
+                Some("alice"),
+                mark("bob", "D"),
+                None,
+                Some(&pending),
+                &broken,
+                Decision::GuardMissing("policy missing".into()),
+            ),
+            (
+                "guard missing without approval just waits",
+                Some("alice"),
+                None,
+                None,
+                Some(&pending),
+                &broken,
+                Decision::Awaiting,
+            ),
+            (
+                "expired while pending",
+                Some("alice"),
+                mark("bob", "D"),
+                None,
+                Some(&expired_pending),
+                &intact,
+                Decision::Expired,
+            ),
+            (
+                "expired stays expired",
+                Some("alice"),
+                mark("bob", "D"),
+                None,
+                Some(&expired),
+                &intact,
+                Decision::Expired,
+            ),
+            (
+                "rejection annotation",
+                Some("alice"),
+                None,
+                mark("bob", "D"),
+                Some(&pending),
+                &intact,
+                Decision::Rejected {
+                    by: "bob".into(),
+                    reason: None,
+                },
+            ),
+            (
+                "recorded rejection sticks after the annotation is removed, approval or not",
+                Some("alice"),
+                mark("carol", "D"),
+                None,
+                Some(&rejected),
+                &intact,
+                Decision::Rejected {
+                    by: "bob".into(),
+                    reason: Some("no".into()),
+                },
+            ),
+            (
+                "rejection of another digest does not count",
+                Some("alice"),
+                None,
+                mark("bob", "OLD"),
+                Some(&pending),
+                &intact,
+                Decision::Awaiting,
+            ),
+            (
+                "recorded approval stands",
+                Some("alice"),
+                None,
+                None,
+                Some(&approved),
+                &broken,
+                Decision::Approved { approver: "bob".into() },
+            ),
+        ];
+        for (name, requester, approval, rejection, recorded, guard, want) in cases {
+            let facts = Facts {
+                digest: "D",
+                requester,
+                approval,
+                rejection,
+                rejection_reason: None,
+                recorded,
+                guard,
+                now: Utc::now(),
+            };
+            assert_eq!(decide(&facts), want, "{name}");
+        }
+    }
+
+    #[test]
+    fn policies_fold_into_one() {
+        let spec = |yaml: &str| -> ApprovalPolicySpec { serde_norway::from_str(yaml).expect("spec") };
+        let a = spec("rules: [{kinds: [Tenant], operations: [delete]}]\nrequestTtlSeconds: 600\n");
+        let b = spec("rules: [{kinds: [IdentityProvider, Tenant], operations: [create]}]\n");
+        let p = EffectivePolicy::from_specs([&a, &b]).expect("policy");
+        assert!(p.covers("Tenant", Operation::Delete));
+        assert!(p.covers("Tenant", Operation::Create));
+        assert!(p.covers("IdentityProvider", Operation::Create));
+        assert!(!p.covers("Tenant", Operation::Update));
+        assert_eq!(p.request_ttl_seconds, 600);
+        assert_eq!(EffectivePolicy::from_specs([]), None);
+    }
+}
