@@ -16,13 +16,7 @@ use serde::{Deserialize, Serialize};
     status = "ResourceStatus",
     shortname = "idp",
     category = "countersign",
-    printcolumn(name = "Tenant", type_ = "string", json_path = ".spec.tenantRef.name"),
-    printcolumn(
-        name = "Pending",
-        type_ = "string",
-        priority = 1,
-        json_path = ".status.pendingDigest"
-    )
+    printcolumn(name = "Tenant", type_ = "string", json_path = ".spec.tenantRef.name")
 )]
 #[x_kube(validation = Rule::new("has(self.oidc) != has(self.saml)").message("spec: set exactly one of spec.oidc or spec.saml"))]
 #[serde(rename_all = "camelCase")]

@@ -95,6 +95,7 @@ fn with_shared_columns(mut crd: CustomResourceDefinition, approval: bool) -> Cus
     ];
     if approval {
         shared.push(column("Approval", "string", condition("Approved", "reason"), None));
+        shared.push(column("Pending", "string", ".status.pendingDigest".into(), Some(1)));
     }
     shared.push(column("Age", "date", ".metadata.creationTimestamp".into(), None));
     shared.push(column("Message", "string", condition("Ready", "message"), Some(1)));

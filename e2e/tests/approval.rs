@@ -39,7 +39,7 @@ impl Stack {
             &admin,
             &format!(
                 "apiVersion: platform.countersign.dev/v1alpha1\nkind: ApprovalPolicy\nmetadata: {{name: tenants}}\n\
-                 spec:\n  rules: [{{kinds: [Tenant], operations: [create, update]}}]\n  \
+                 spec:\n  rules: [{{kinds: [Tenant], operations: [create, update, delete]}}]\n  \
                  gitopsServiceAccounts: ['{GITOPS}']\n\
                  ---\napiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\nmetadata: {{name: argocd-edits}}\n\
                  roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: countersign-editor}}\n\
@@ -145,6 +145,13 @@ async fn a_gitops_change_goes_live_only_after_a_second_person_approves() -> anyh
     );
     assert_eq!(live.status.as_ref().and_then(|s| s.pending_digest.clone()), None);
     assert_eq!(stack.rows(&name).await?, ["Declared in git"]);
+    let events = common::events_for(&stack.admin, &name).await?;
+    for reason in ["AwaitingApproval", "Approved", "Live"] {
+        assert!(
+            events.iter().any(|(r, _)| r == reason),
+            "no {reason} event in {events:?}"
+        );
+    }
     assert_eq!(
         stack.requests(&name).await?,
         [("approved".into(), "carol@example.com".into(), Some("bob".into()))]
@@ -336,6 +343,64 @@ async fn the_operator_refuses_approvals_it_must_not_honour() -> anyhow::Result<(
     })
     .await?;
     assert!(stack.rows(&anonymous).await?.is_empty());
+    stack.op.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_deletion_waits_behind_the_finalizer_until_approved() -> anyhow::Result<()> {
+    let stack = Stack::start().await?;
+    let admin: Api<Tenant> = Api::all(stack.admin.clone());
+    let name = unique_name("doomed");
+    stack.gitops_create(&name, "carol@example.com").await?;
+    let digest = pending_digest(&stack.awaiting(&name).await?);
+    stack.approve(&name, "bob", &digest).await?;
+    wait_tenant(&admin, &name, "Ready", |t| has_condition(t, "Ready", "True", "Live")).await?;
+
+    let gitops = stack.as_user(GITOPS, &["system:serviceaccounts"]).await?;
+    gitops.delete(&name, &Default::default()).await?;
+    let waiting = wait_tenant(&admin, &name, "deletion awaiting approval", |t| {
+        has_condition(t, "Ready", "True", "DeletionAwaitingApproval")
+            && pending_digest(t) != digest
+            && !pending_digest(t).is_empty()
+    })
+    .await?;
+    let deleted: Option<chrono::DateTime<chrono::Utc>> =
+        sqlx::query_scalar("SELECT deleted_at FROM tenants WHERE slug = $1")
+            .bind(&name)
+            .fetch_one(&stack.pool)
+            .await?;
+    assert!(deleted.is_none(), "the row stays live while the deletion waits");
+    let metric = common::metric(&stack.op, "countersign_pending_approvals").await?;
+    assert_eq!(metric, 1.0);
+
+    stack.approve(&name, "bob", &pending_digest(&waiting)).await?;
+    common::wait_gone(&admin, &name).await?;
+    let deleted: Option<chrono::DateTime<chrono::Utc>> =
+        sqlx::query_scalar("SELECT deleted_at FROM tenants WHERE slug = $1")
+            .bind(&name)
+            .fetch_one(&stack.pool)
+            .await?;
+    assert!(deleted.is_some(), "approved deletion soft-deletes the row");
+    let (action, approver): (String, Option<String>) =
+        sqlx::query_as("SELECT action, approver FROM audit_log WHERE object_key = $1 ORDER BY seq DESC LIMIT 1")
+            .bind(&name)
+            .fetch_one(&stack.pool)
+            .await?;
+    assert_eq!((action.as_str(), approver.as_deref()), ("delete", Some("bob")));
+    let ops: Vec<(String, String)> =
+        sqlx::query_as("SELECT operation, state FROM change_requests WHERE object_key = $1 ORDER BY created_at")
+            .bind(&name)
+            .fetch_all(&stack.pool)
+            .await?;
+    assert_eq!(
+        ops,
+        [
+            ("create".into(), "approved".into()),
+            ("delete".into(), "approved".into())
+        ]
+    );
+    assert_eq!(common::metric(&stack.op, "countersign_pending_approvals").await?, 0.0);
     stack.op.shutdown().await;
     Ok(())
 }

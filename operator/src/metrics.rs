@@ -44,6 +44,8 @@ pub struct Metrics {
     pub duration: Family<KindLabels, Histogram>,
     /// countersign_leader: 1 while this instance runs the controllers.
     pub leader: Gauge,
+    /// countersign_pending_approvals: objects with a change awaiting approval.
+    pub pending_approvals: Gauge,
 }
 
 impl Default for Metrics {
@@ -65,6 +67,12 @@ impl Default for Metrics {
             "Reconcile duration by kind",
             duration.clone(),
         );
+        let pending_approvals = Gauge::default();
+        registry.register(
+            "pending_approvals",
+            "Objects with a change awaiting a second person's approval",
+            pending_approvals.clone(),
+        );
         let leader = Gauge::default();
         registry.register(
             "leader",
@@ -77,6 +85,7 @@ impl Default for Metrics {
             errors,
             duration,
             leader,
+            pending_approvals,
         }
     }
 }

@@ -148,6 +148,7 @@ pub async fn start(client: Client, pool: PgPool, options: RunOptions) -> Result<
         backoff: Default::default(),
         actor: options.actor.clone(),
         resync: options.resync,
+        pending: Default::default(),
     });
     let server_task = tokio::spawn(async move {
         if let Err(e) = server.await {

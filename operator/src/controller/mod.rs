@@ -35,6 +35,26 @@ pub struct Context {
     /// How often a settled object is looked at again to detect drift in the
     /// database, which has no watch of its own.
     pub resync: std::time::Duration,
+    /// Which objects have a change awaiting approval.
+    pub pending: PendingApprovals,
+}
+
+/// The objects whose status shows a digest awaiting approval, exported as
+/// the `countersign_pending_approvals` gauge.
+#[derive(Default)]
+pub struct PendingApprovals(std::sync::Mutex<std::collections::HashSet<String>>);
+
+impl PendingApprovals {
+    /// Records whether `uid` waits for approval and updates the gauge.
+    pub fn track(&self, uid: &str, pending: bool, metrics: &Metrics) {
+        let mut set = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if pending {
+            set.insert(uid.to_string());
+        } else {
+            set.remove(uid);
+        }
+        metrics.pending_approvals.set(set.len() as i64);
+    }
 }
 
 /// Reads the ApprovalPolicies and, when the object carries an approval, checks

@@ -4,7 +4,7 @@
 use super::{Context, FIELD_MANAGER};
 use countersign_crds::ConditionStatus;
 use countersign_crds::ResourceStatus;
-use countersign_crds::status::{READY, STALLED, SYNCED};
+use countersign_crds::status::{APPROVED, READY, STALLED, SYNCED};
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType};
 use kube::{Resource, ResourceExt};
@@ -12,7 +12,8 @@ use serde::de::DeserializeOwned;
 use std::fmt::Debug;
 
 /// Writes `new` if it differs from `old`, then records an event for each
-/// condition among Ready, Synced and Stalled whose status or reason flipped.
+/// condition among Ready, Synced, Stalled and Approved whose status or reason
+/// flipped (so every approval decision leaves an event).
 pub async fn write<K>(
     api: &Api<K>,
     obj: &K,
@@ -23,6 +24,11 @@ pub async fn write<K>(
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug,
 {
+    ctx.pending.track(
+        &obj.uid().unwrap_or_default(),
+        new.pending_digest.is_some(),
+        &ctx.metrics,
+    );
     if old == Some(new) {
         return Ok(());
     }
@@ -37,7 +43,7 @@ where
         &Patch::Apply(&patch),
     )
     .await?;
-    for type_ in [READY, SYNCED, STALLED] {
+    for type_ in [READY, SYNCED, STALLED, APPROVED] {
         let before = old
             .and_then(|s| s.condition(type_))
             .map(|c| (c.status, c.reason.clone()));
@@ -59,7 +65,9 @@ where
                 .condition(STALLED)
                 .is_some_and(|s| s.status == ConditionStatus::True))
             || (type_ == SYNCED && after.status == ConditionStatus::False)
-            || (type_ == STALLED && after.status == ConditionStatus::True);
+            || (type_ == STALLED && after.status == ConditionStatus::True)
+            || (type_ == APPROVED
+                && !matches!(after.reason.as_str(), "AwaitingApproval" | "Approved" | "StaleApproval"));
         let event = Event {
             type_: if warning { EventType::Warning } else { EventType::Normal },
             reason: after.reason.clone(),

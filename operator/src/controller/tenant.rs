@@ -4,6 +4,7 @@ use super::{Context, FINALIZER, status};
 use crate::Error;
 use crate::metrics::{ErrorLabels, KindLabels, ReconcileLabels};
 use countersign_crds::Tenant;
+use countersign_reconcilers::approval::ApprovedChange;
 use countersign_reconcilers::tenant as pipeline;
 use futures::StreamExt;
 use kube::ResourceExt;
@@ -39,20 +40,25 @@ pub async fn run(
 async fn reconcile(tenant: Arc<Tenant>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = Instant::now();
     let api: Api<Tenant> = Api::all(ctx.client.clone());
-    let result = finalizer(&api, FINALIZER, tenant.clone(), |event| async {
-        match event {
-            Finalizer::Apply(t) => apply(&api, &t, &ctx).await,
-            Finalizer::Cleanup(t) => {
-                pipeline::cleanup(&t, &ctx.pool, &ctx.actor).await?;
-                Ok(Action::await_change())
+    let result = match deletion_gate(&api, &tenant, &ctx).await {
+        Err(e) => Err(e),
+        Ok(Err(hold)) => Ok(hold),
+        Ok(Ok(approved)) => finalizer(&api, FINALIZER, tenant.clone(), |event| async {
+            match event {
+                Finalizer::Apply(t) => apply(&api, &t, &ctx).await,
+                Finalizer::Cleanup(t) => {
+                    pipeline::cleanup(&t, &ctx.pool, &ctx.actor, approved).await?;
+                    ctx.pending.track(&t.uid().unwrap_or_default(), false, &ctx.metrics);
+                    Ok(Action::await_change())
+                }
             }
-        }
-    })
-    .await
-    .map_err(|e| match e {
-        kube::runtime::finalizer::Error::ApplyFailed(e) | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
-        other => Error::Finalizer(other.to_string()),
-    });
+        })
+        .await
+        .map_err(|e| match e {
+            kube::runtime::finalizer::Error::ApplyFailed(e) | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
+            other => Error::Finalizer(other.to_string()),
+        }),
+    };
     let kind = KindLabels {
         kind: pipeline::KIND.into(),
     };
@@ -72,6 +78,30 @@ async fn reconcile(tenant: Arc<Tenant>, ctx: Arc<Context>) -> Result<Action, Err
         ctx.backoff.reset(&tenant.uid().unwrap_or_default());
     }
     result
+}
+
+/// For a Tenant being deleted that still carries the finalizer: Ok(approval)
+/// lets the deletion proceed, Err(action) holds it with its status written.
+async fn deletion_gate(
+    api: &Api<Tenant>,
+    tenant: &Tenant,
+    ctx: &Context,
+) -> Result<Result<Option<ApprovedChange>, Action>, Error> {
+    let deleting = tenant.metadata.deletion_timestamp.is_some() && tenant.finalizers().iter().any(|f| f == FINALIZER);
+    if !deleting {
+        return Ok(Ok(None));
+    }
+    let approvals = super::approval_inputs(ctx, tenant.metadata.annotations.as_ref()).await?;
+    match pipeline::deletion_gate(tenant, &ctx.pool, &ctx.actor, &approvals).await? {
+        pipeline::DeletionGate::Proceed(approved) => Ok(Ok(approved)),
+        pipeline::DeletionGate::Hold(outcome) => {
+            let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+            let previous = tenant.status.as_ref();
+            let new = outcome.status(previous, tenant.metadata.generation, &now);
+            status::write(api, tenant, previous, &new, ctx).await?;
+            Ok(Err(Action::requeue(outcome.requeue_after.unwrap_or(ctx.resync))))
+        }
+    }
 }
 
 async fn apply(api: &Api<Tenant>, tenant: &Tenant, ctx: &Context) -> Result<Action, Error> {

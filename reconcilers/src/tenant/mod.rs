@@ -185,9 +185,71 @@ pub async fn reconcile(
     Ok(outcome)
 }
 
-/// Handles deletion of the Tenant according to its deletion policy.
-pub async fn cleanup(tenant: &Tenant, pool: &PgPool, actor: &str) -> Result<(), crate::Error> {
-    let who = attribution(tenant, actor, String::new(), None);
+/// Whether a deletion may proceed now.
+#[derive(Clone, Debug)]
+pub enum DeletionGate {
+    /// Remove (or release) the row, carrying this approval if one was needed.
+    Proceed(Option<ApprovedChange>),
+    /// Keep the finalizer: the deletion waits behind the two-person rule.
+    Hold(Outcome),
+}
+
+/// Passes the deletion of a Tenant that manages a row through the two-person
+/// rule. The digest covers the uid, the requester and the spec being deleted.
+pub async fn deletion_gate(
+    tenant: &Tenant,
+    pool: &PgPool,
+    actor: &str,
+    approvals: &approval::Inputs,
+) -> Result<DeletionGate, crate::Error> {
+    let uid = tenant.metadata.uid.clone().unwrap_or_default();
+    if crate::db::owned_by_object(pool, KIND, &uid).await?.is_none() {
+        return Ok(DeletionGate::Proceed(None));
+    }
+    let requester = tenant
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(annotations::REQUESTED_BY));
+    let snapshot = serde_json::json!({"delete": &tenant.spec});
+    let digest = crate::digest::change_digest(&uid, requester.map(String::as_str), &snapshot)?;
+    let change = approval::Change {
+        kind: KIND,
+        object_key: tenant.metadata.name.clone().unwrap_or_default(),
+        uid: &uid,
+        annotations: tenant.metadata.annotations.as_ref(),
+        operation: Operation::Delete,
+        digest: &digest,
+        snapshot,
+    };
+    Ok(match approval::gate(pool, approvals, change, actor).await? {
+        Gate::NotRequired => DeletionGate::Proceed(None),
+        Gate::Approved(change) => DeletionGate::Proceed(Some(change)),
+        Gate::Hold(decision) => {
+            let mut outcome = held(&decision, &digest, Operation::Delete, &tenant.spec.slug);
+            outcome.conditions.push(cond(
+                READY,
+                ConditionStatus::True,
+                "DeletionAwaitingApproval",
+                format!(
+                    "tenant {:?} stays live until a second person approves its deletion",
+                    tenant.spec.slug
+                ),
+            ));
+            DeletionGate::Hold(outcome)
+        }
+    })
+}
+
+/// Handles deletion of the Tenant according to its deletion policy, carrying
+/// out an approval in the same transaction when one was needed.
+pub async fn cleanup(
+    tenant: &Tenant,
+    pool: &PgPool,
+    actor: &str,
+    approved: Option<ApprovedChange>,
+) -> Result<(), crate::Error> {
+    let who = attribution(tenant, actor, String::new(), approved);
     apply::remove(pool, tenant.spec.deletion_policy == DeletionPolicy::Orphan, &who).await?;
     Ok(())
 }
