@@ -4,111 +4,14 @@
 
 mod common;
 
+use common::approvals::{APPROVERS, EDITORS, GITOPS, Stack};
+
 use common::{has_condition, wait_tenant};
 use countersign_crds::Tenant;
-use countersign_crds::admission::{APPROVAL_GUARD_YAML, RBAC_YAML};
-use countersign_e2e::{ControlPlane, unique_name};
-use countersign_operator::run::Running;
+use countersign_e2e::unique_name;
+use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams, PostParams};
-use kube::{Client, ResourceExt};
 use serde_json::json;
-use sqlx::PgPool;
-
-const GITOPS: &str = "system:serviceaccount:argocd:argocd-application-controller";
-const EDITORS: &str = "platform-editors";
-const APPROVERS: &str = "platform-approvers";
-
-struct Stack {
-    cp: ControlPlane,
-    admin: Client,
-    pool: PgPool,
-    run: String,
-    op: Running,
-}
-
-impl Stack {
-    async fn start() -> anyhow::Result<Self> {
-        let cp = ControlPlane::start().await?;
-        let admin = cp.client().await?;
-        common::install_crds(&admin).await?;
-        common::apply_yaml(&admin, RBAC_YAML).await?;
-        let approvers = std::fs::read_to_string(common::repo_root().join("examples/70-approvers.yaml"))?;
-        common::apply_yaml(&admin, &approvers).await?;
-        common::apply_yaml(&admin, APPROVAL_GUARD_YAML).await?;
-        common::apply_yaml(
-            &admin,
-            &format!(
-                "apiVersion: platform.countersign.dev/v1alpha1\nkind: ApprovalPolicy\nmetadata: {{name: tenants}}\n\
-                 spec:\n  rules: [{{kinds: [Tenant], operations: [create, update, delete]}}]\n  \
-                 gitopsServiceAccounts: ['{GITOPS}']\n\
-                 ---\napiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\nmetadata: {{name: argocd-edits}}\n\
-                 roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: countersign-editor}}\n\
-                 subjects: [{{kind: User, apiGroup: rbac.authorization.k8s.io, name: '{GITOPS}'}}]\n"
-            ),
-        )
-        .await?;
-        let (_url, pool) = common::database().await?;
-        let run = unique_name("approval");
-        let op = common::operator(&admin, &pool, &run).await?;
-        Ok(Self {
-            cp,
-            admin,
-            pool,
-            run,
-            op,
-        })
-    }
-
-    async fn as_user(&self, user: &str, groups: &[&str]) -> anyhow::Result<Api<Tenant>> {
-        Ok(Api::all(self.cp.client_as(user, groups).await?))
-    }
-
-    /// A Tenant created by the GitOps service account on behalf of `author`.
-    async fn gitops_create(&self, name: &str, author: &str) -> anyhow::Result<()> {
-        let mut t = common::tenant(name, &self.run, json!({"slug": name, "name": "Declared in git"}))?;
-        t.annotations_mut()
-            .insert("countersign.dev/requested-by".into(), author.into());
-        self.as_user(GITOPS, &["system:serviceaccounts"])
-            .await?
-            .create(&PostParams::default(), &t)
-            .await?;
-        Ok(())
-    }
-
-    async fn awaiting(&self, name: &str) -> anyhow::Result<Tenant> {
-        let api: Api<Tenant> = Api::all(self.admin.clone());
-        wait_tenant(&api, name, "AwaitingApproval", |t| {
-            has_condition(t, "Approved", "False", "AwaitingApproval")
-        })
-        .await
-    }
-
-    async fn approve(&self, name: &str, who: &str, digest: &str) -> anyhow::Result<()> {
-        let patch = Patch::Merge(json!({"metadata": {"annotations": {
-            "countersign.dev/approved-by": who, "countersign.dev/approved-digest": digest}}}));
-        self.as_user(who, &[EDITORS, APPROVERS])
-            .await?
-            .patch(name, &PatchParams::default(), &patch)
-            .await?;
-        Ok(())
-    }
-
-    async fn rows(&self, slug: &str) -> anyhow::Result<Vec<String>> {
-        Ok(sqlx::query_scalar("SELECT name FROM tenants WHERE slug = $1")
-            .bind(slug)
-            .fetch_all(&self.pool)
-            .await?)
-    }
-
-    async fn requests(&self, name: &str) -> anyhow::Result<Vec<(String, String, Option<String>)>> {
-        Ok(sqlx::query_as(
-            "SELECT state, requester, decided_by FROM change_requests WHERE object_key = $1 ORDER BY created_at",
-        )
-        .bind(name)
-        .fetch_all(&self.pool)
-        .await?)
-    }
-}
 
 fn pending_digest(t: &Tenant) -> String {
     t.status

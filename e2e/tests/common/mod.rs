@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod approvals;
+
 use anyhow::{Context as _, anyhow};
 use countersign_crds::{ResourceStatus, Tenant};
 use countersign_operator::run::{RunOptions, Running, start};

@@ -1,0 +1,119 @@
+//! A control plane with the approval guard, RBAC and an ApprovalPolicy
+//! covering Tenants, plus the people who act on it (shared by the approval
+//! tests and the approval-latency benchmark).
+
+use super::{has_condition, wait_tenant};
+use countersign_crds::Tenant;
+use countersign_crds::admission::{APPROVAL_GUARD_YAML, RBAC_YAML};
+use countersign_e2e::{ControlPlane, unique_name};
+use countersign_operator::run::Running;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::{Client, ResourceExt};
+use serde_json::json;
+use sqlx::PgPool;
+
+/// The GitOps service account the policy trusts to declare requesters.
+pub const GITOPS: &str = "system:serviceaccount:argocd:argocd-application-controller";
+/// Group bound to countersign-editor.
+pub const EDITORS: &str = "platform-editors";
+/// Group bound to countersign-approver.
+pub const APPROVERS: &str = "platform-approvers";
+
+/// The running stack.
+pub struct Stack {
+    /// cp.
+    pub cp: ControlPlane,
+    /// admin.
+    pub admin: Client,
+    /// pool.
+    pub pool: PgPool,
+    /// run.
+    pub run: String,
+    /// op.
+    pub op: Running,
+}
+
+impl Stack {
+    /// Starts everything; the policy covers Tenant create, update and delete.
+    pub async fn start() -> anyhow::Result<Self> {
+        let cp = ControlPlane::start().await?;
+        let admin = cp.client().await?;
+        super::install_crds(&admin).await?;
+        super::apply_yaml(&admin, RBAC_YAML).await?;
+        let approvers = std::fs::read_to_string(super::repo_root().join("examples/70-approvers.yaml"))?;
+        super::apply_yaml(&admin, &approvers).await?;
+        super::apply_yaml(&admin, APPROVAL_GUARD_YAML).await?;
+        super::apply_yaml(
+            &admin,
+            &format!(
+                "apiVersion: platform.countersign.dev/v1alpha1\nkind: ApprovalPolicy\nmetadata: {{name: tenants}}\n\
+                 spec:\n  rules: [{{kinds: [Tenant], operations: [create, update, delete]}}]\n  \
+                 gitopsServiceAccounts: ['{GITOPS}']\n\
+                 ---\napiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\nmetadata: {{name: argocd-edits}}\n\
+                 roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: countersign-editor}}\n\
+                 subjects: [{{kind: User, apiGroup: rbac.authorization.k8s.io, name: '{GITOPS}'}}]\n"
+            ),
+        )
+        .await?;
+        let (_url, pool) = super::database().await?;
+        let run = unique_name("approval");
+        let op = super::operator(&admin, &pool, &run).await?;
+        Ok(Self {
+            cp,
+            admin,
+            pool,
+            run,
+            op,
+        })
+    }
+
+    pub async fn as_user(&self, user: &str, groups: &[&str]) -> anyhow::Result<Api<Tenant>> {
+        Ok(Api::all(self.cp.client_as(user, groups).await?))
+    }
+
+    /// A Tenant created by the GitOps service account on behalf of `author`.
+    pub async fn gitops_create(&self, name: &str, author: &str) -> anyhow::Result<()> {
+        let mut t = super::tenant(name, &self.run, json!({"slug": name, "name": "Declared in git"}))?;
+        t.annotations_mut()
+            .insert("countersign.dev/requested-by".into(), author.into());
+        self.as_user(GITOPS, &["system:serviceaccounts"])
+            .await?
+            .create(&PostParams::default(), &t)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn awaiting(&self, name: &str) -> anyhow::Result<Tenant> {
+        let api: Api<Tenant> = Api::all(self.admin.clone());
+        wait_tenant(&api, name, "AwaitingApproval", |t| {
+            has_condition(t, "Approved", "False", "AwaitingApproval")
+        })
+        .await
+    }
+
+    pub async fn approve(&self, name: &str, who: &str, digest: &str) -> anyhow::Result<()> {
+        let patch = Patch::Merge(json!({"metadata": {"annotations": {
+            "countersign.dev/approved-by": who, "countersign.dev/approved-digest": digest}}}));
+        self.as_user(who, &[EDITORS, APPROVERS])
+            .await?
+            .patch(name, &PatchParams::default(), &patch)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn rows(&self, slug: &str) -> anyhow::Result<Vec<String>> {
+        Ok(sqlx::query_scalar("SELECT name FROM tenants WHERE slug = $1")
+            .bind(slug)
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
+    pub async fn requests(&self, name: &str) -> anyhow::Result<Vec<(String, String, Option<String>)>> {
+        Ok(sqlx::query_as(
+            "SELECT state, requester, decided_by FROM change_requests WHERE object_key = $1 ORDER BY created_at",
+        )
+        .bind(name)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+}
