@@ -181,6 +181,38 @@ async fn the_operator_refuses_approvals_it_must_not_honour() -> anyhow::Result<(
         .await?;
     wait_tenant(&admin, &guarded, "Ready", |t| has_condition(t, "Ready", "True", "Live")).await?;
 
+    // Approving while a guard policy is missing altogether.
+    let unguarded = unique_name("unguarded");
+    stack.gitops_create(&unguarded, "carol@example.com").await?;
+    let digest = pending_digest(&stack.awaiting(&unguarded).await?);
+    let policies = common::dynamic_api(
+        &stack.admin,
+        "admissionregistration.k8s.io",
+        "v1",
+        "ValidatingAdmissionPolicy",
+    );
+    policies
+        .delete("countersign-requester-guard", &Default::default())
+        .await?;
+    stack.approve(&unguarded, "bob", &digest).await?;
+    let refused = wait_tenant(&admin, &unguarded, "ApprovalGuardMissing", |t| {
+        has_condition(t, "Approved", "False", "ApprovalGuardMissing")
+    })
+    .await?;
+    let message = common::condition_of(refused.status.as_ref(), "Approved")
+        .map(|c| c.message.clone())
+        .unwrap_or_default();
+    assert!(
+        message.contains("countersign-requester-guard is not installed"),
+        "{message}"
+    );
+    assert!(stack.rows(&unguarded).await?.is_empty());
+    common::apply_yaml(&stack.admin, countersign_crds::admission::APPROVAL_GUARD_YAML).await?;
+    wait_tenant(&admin, &unguarded, "Ready", |t| {
+        has_condition(t, "Ready", "True", "Live")
+    })
+    .await?;
+
     // A rejection sticks for its digest, whoever approves afterwards.
     let rejected = unique_name("rejected");
     stack.gitops_create(&rejected, "carol@example.com").await?;
