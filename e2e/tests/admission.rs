@@ -5,16 +5,13 @@
 mod common;
 
 use countersign_crds::Tenant;
-use countersign_crds::admission::{APPROVAL_GUARD_YAML, RBAC_YAML};
 use countersign_e2e::{ControlPlane, unique_name};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::json;
 use std::time::{Duration, Instant};
 
-const GITOPS: &str = "system:serviceaccount:argocd:argocd-application-controller";
-const EDITORS: &str = "platform-editors";
-const APPROVERS: &str = "platform-approvers";
+use common::approvals::{APPROVERS, EDITORS, GITOPS};
 
 struct Cluster {
     cp: ControlPlane,
@@ -26,33 +23,7 @@ impl Cluster {
     async fn start(with_policy: bool) -> anyhow::Result<Self> {
         let cp = ControlPlane::start().await?;
         let admin = cp.client().await?;
-        common::install_crds(&admin).await?;
-        common::apply_yaml(&admin, RBAC_YAML).await?;
-        let examples = common::repo_root().join("examples/70-approvers.yaml");
-        common::apply_yaml(&admin, &std::fs::read_to_string(examples)?).await?;
-        common::apply_yaml(&admin, APPROVAL_GUARD_YAML).await?;
-        if with_policy {
-            common::apply_yaml(
-                &admin,
-                &format!(
-                    "apiVersion: platform.countersign.dev/v1alpha1\nkind: ApprovalPolicy\nmetadata: {{name: default}}\n\
-                     spec:\n  rules: [{{kinds: [Tenant], operations: [create, update, delete]}}]\n  \
-                     gitopsServiceAccounts: ['{GITOPS}']\n"
-                ),
-            )
-            .await?;
-        }
-        // The service account is a member of system:serviceaccounts, not of the editors group:
-        // grant it the editor role directly.
-        common::apply_yaml(
-            &admin,
-            &format!(
-                "apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\nmetadata: {{name: argocd-edits}}\n\
-                 roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: countersign-editor}}\n\
-                 subjects: [{{kind: User, apiGroup: rbac.authorization.k8s.io, name: '{GITOPS}'}}]\n"
-            ),
-        )
-        .await?;
+        common::approvals::install(&admin, with_policy).await?;
         let cluster = Self { cp, admin };
         cluster.wait_until_guard_enforces().await?;
         Ok(cluster)

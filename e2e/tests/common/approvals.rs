@@ -19,6 +19,39 @@ pub const EDITORS: &str = "platform-editors";
 /// Group bound to countersign-approver.
 pub const APPROVERS: &str = "platform-approvers";
 
+/// Installs the CRDs, the RBAC roles and their example bindings, the approval
+/// guard and, when asked, an ApprovalPolicy covering Tenant create, update and
+/// delete whose GitOps account is [`GITOPS`] (granted the editor role).
+pub async fn install(admin: &Client, with_policy: bool) -> anyhow::Result<()> {
+    super::install_crds(admin).await?;
+    super::apply_yaml(admin, RBAC_YAML).await?;
+    let approvers = std::fs::read_to_string(super::repo_root().join("examples/70-approvers.yaml"))?;
+    super::apply_yaml(admin, &approvers).await?;
+    super::apply_yaml(admin, APPROVAL_GUARD_YAML).await?;
+    // The service account is not in the editors group: bind the editor role to it directly.
+    super::apply_yaml(
+        admin,
+        &format!(
+            "apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\nmetadata: {{name: argocd-edits}}\n\
+             roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: countersign-editor}}\n\
+             subjects: [{{kind: User, apiGroup: rbac.authorization.k8s.io, name: '{GITOPS}'}}]\n"
+        ),
+    )
+    .await?;
+    if with_policy {
+        super::apply_yaml(
+            admin,
+            &format!(
+                "apiVersion: platform.countersign.dev/v1alpha1\nkind: ApprovalPolicy\nmetadata: {{name: tenants}}\n\
+                 spec:\n  rules: [{{kinds: [Tenant], operations: [create, update, delete]}}]\n  \
+                 gitopsServiceAccounts: ['{GITOPS}']\n"
+            ),
+        )
+        .await?;
+    }
+    Ok(())
+}
+
 /// The running stack.
 pub struct Stack {
     /// cp.
@@ -38,23 +71,7 @@ impl Stack {
     pub async fn start() -> anyhow::Result<Self> {
         let cp = ControlPlane::start().await?;
         let admin = cp.client().await?;
-        super::install_crds(&admin).await?;
-        super::apply_yaml(&admin, RBAC_YAML).await?;
-        let approvers = std::fs::read_to_string(super::repo_root().join("examples/70-approvers.yaml"))?;
-        super::apply_yaml(&admin, &approvers).await?;
-        super::apply_yaml(&admin, APPROVAL_GUARD_YAML).await?;
-        super::apply_yaml(
-            &admin,
-            &format!(
-                "apiVersion: platform.countersign.dev/v1alpha1\nkind: ApprovalPolicy\nmetadata: {{name: tenants}}\n\
-                 spec:\n  rules: [{{kinds: [Tenant], operations: [create, update, delete]}}]\n  \
-                 gitopsServiceAccounts: ['{GITOPS}']\n\
-                 ---\napiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\nmetadata: {{name: argocd-edits}}\n\
-                 roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: countersign-editor}}\n\
-                 subjects: [{{kind: User, apiGroup: rbac.authorization.k8s.io, name: '{GITOPS}'}}]\n"
-            ),
-        )
-        .await?;
+        install(&admin, true).await?;
         let (_url, pool) = super::database().await?;
         let run = unique_name("approval");
         let op = super::operator(&admin, &pool, &run).await?;

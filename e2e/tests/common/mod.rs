@@ -122,8 +122,8 @@ pub fn parse_yaml(text: &str) -> anyhow::Result<Vec<DynamicObject>> {
     Ok(out)
 }
 
-/// Creates an object through discovery (dry-run when asked); returns the API's answer.
-pub async fn create_dynamic(client: &Client, obj: &DynamicObject, dry_run: bool) -> Result<DynamicObject, kube::Error> {
+/// The API serving an object's kind, found through discovery.
+pub async fn api_for(client: &Client, obj: &DynamicObject) -> Result<Api<DynamicObject>, kube::Error> {
     let types = obj.types.clone().unwrap_or_default();
     let (group, version) = types
         .api_version
@@ -134,49 +134,38 @@ pub async fn create_dynamic(client: &Client, obj: &DynamicObject, dry_run: bool)
     let (resource, caps) = discovery
         .resolve_gvk(&gvk)
         .ok_or_else(|| kube::Error::Discovery(kube::error::DiscoveryError::MissingResource(types.kind.clone())))?;
-    let api: Api<DynamicObject> = match caps.scope {
+    Ok(match caps.scope {
         Scope::Namespaced => Api::namespaced_with(
             client.clone(),
             obj.namespace().as_deref().unwrap_or("default"),
             &resource,
         ),
         Scope::Cluster => Api::all_with(client.clone(), &resource),
-    };
+    })
+}
+
+/// Creates an object through discovery (dry-run when asked); returns the API's answer.
+pub async fn create_dynamic(client: &Client, obj: &DynamicObject, dry_run: bool) -> Result<DynamicObject, kube::Error> {
     let pp = PostParams {
         dry_run,
         field_manager: Some("countersign-e2e".into()),
     };
-    api.create(&pp, obj).await
+    api_for(client, obj).await?.create(&pp, obj).await
 }
 
 /// Applies every document of a YAML text with server-side apply.
 pub async fn apply_yaml(client: &Client, text: &str) -> anyhow::Result<()> {
     for obj in parse_yaml(text)? {
-        let types = obj.types.clone().unwrap_or_default();
-        let (group, version) = types
-            .api_version
-            .split_once('/')
-            .unwrap_or(("", types.api_version.as_str()));
-        let discovery = Discovery::new(client.clone()).filter(&[group]).run().await?;
-        let gvk = kube::api::GroupVersionKind::gvk(group, version, &types.kind);
-        let (resource, caps) = discovery
-            .resolve_gvk(&gvk)
-            .with_context(|| format!("{} is not served", types.kind))?;
-        let api: Api<DynamicObject> = match caps.scope {
-            Scope::Namespaced => Api::namespaced_with(
-                client.clone(),
-                obj.namespace().as_deref().unwrap_or("default"),
-                &resource,
-            ),
-            Scope::Cluster => Api::all_with(client.clone(), &resource),
-        };
-        api.patch(
-            &obj.name_any(),
-            &PatchParams::apply("countersign").force(),
-            &Patch::Apply(&obj),
-        )
-        .await
-        .with_context(|| format!("apply {} {}", types.kind, obj.name_any()))?;
+        let kind = obj.types.as_ref().map(|t| t.kind.clone()).unwrap_or_default();
+        api_for(client, &obj)
+            .await?
+            .patch(
+                &obj.name_any(),
+                &PatchParams::apply("countersign").force(),
+                &Patch::Apply(&obj),
+            )
+            .await
+            .with_context(|| format!("apply {kind} {}", obj.name_any()))?;
     }
     Ok(())
 }

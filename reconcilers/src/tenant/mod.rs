@@ -273,39 +273,45 @@ pub fn unavailable(error: &crate::Error) -> Outcome {
     }
 }
 
+/// The spec was rejected before reaching the database: a spec change is needed.
 fn stalled(reason: &'static str, message: String) -> Outcome {
-    Outcome {
-        conditions: vec![
-            cond(READY, ConditionStatus::False, reason, message.clone()),
-            cond(
-                SYNCED,
-                ConditionStatus::False,
-                reason,
-                "the spec was rejected before reaching the database",
-            ),
-            cond(RECONCILING, ConditionStatus::False, reason, ""),
-            cond(STALLED, ConditionStatus::True, reason, message),
-        ],
-        live: Desired::Unchanged,
-        requeue_after: None,
-        pending_digest: None,
-    }
+    not_live(
+        reason,
+        message,
+        cond(
+            SYNCED,
+            ConditionStatus::False,
+            reason,
+            "the spec was rejected before reaching the database",
+        ),
+        Desired::Unchanged,
+    )
 }
 
+/// The database holds a row this object may not take: nothing was written.
 fn refused(reason: &'static str, message: String) -> Outcome {
+    not_live(
+        reason,
+        message,
+        cond(
+            SYNCED,
+            ConditionStatus::True,
+            "ReconcileSucceeded",
+            "the database was read without error",
+        ),
+        Desired::NotLive,
+    )
+}
+
+fn not_live(reason: &'static str, message: String, synced: DesiredCondition, live: Desired) -> Outcome {
     Outcome {
         conditions: vec![
             cond(READY, ConditionStatus::False, reason, message.clone()),
-            cond(
-                SYNCED,
-                ConditionStatus::True,
-                "ReconcileSucceeded",
-                "the database was read without error",
-            ),
+            synced,
             cond(RECONCILING, ConditionStatus::False, reason, ""),
             cond(STALLED, ConditionStatus::True, reason, message),
         ],
-        live: Desired::NotLive,
+        live,
         requeue_after: None,
         pending_digest: None,
     }
