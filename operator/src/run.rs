@@ -182,7 +182,10 @@ pub async fn start(client: Client, pool: PgPool, options: RunOptions) -> Result<
                     None => std::future::pending().await,
                 }
             };
-            let controller = controller::tenant::run(ctx, selector, wait_stop());
+            let controller = futures::future::join(
+                controller::tenant::run(ctx.clone(), selector, wait_stop()),
+                controller::approval_policy::run(ctx, wait_stop()),
+            );
             tokio::pin!(controller);
             tokio::select! {
                 _ = &mut controller => {}

@@ -33,6 +33,8 @@ pub struct Outcome {
     /// The digest awaiting approval: None keeps the previous value,
     /// Some(None) clears it.
     pub pending_digest: Option<Option<String>>,
+    /// Condition types that no longer apply (e.g. Approved once no policy covers the object).
+    pub drop_conditions: Vec<&'static str>,
 }
 
 impl Outcome {
@@ -46,7 +48,17 @@ impl Outcome {
         };
         ResourceStatus {
             observed_generation: generation,
-            conditions: conditions::merge(&previous.conditions, &self.conditions, generation, now),
+            conditions: conditions::merge(
+                &previous
+                    .conditions
+                    .iter()
+                    .filter(|c| !self.drop_conditions.contains(&c.type_.as_str()))
+                    .cloned()
+                    .collect::<Vec<_>>(),
+                &self.conditions,
+                generation,
+                now,
+            ),
             database_id,
             live_digest,
             pending_digest: self.pending_digest.clone().unwrap_or(previous.pending_digest),
@@ -66,6 +78,7 @@ mod tests {
             live,
             requeue_after: None,
             pending_digest: None,
+            drop_conditions: Vec::new(),
         }
     }
 

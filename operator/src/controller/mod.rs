@@ -2,6 +2,7 @@
 //! `countersign-reconcilers` that adds the finalizer, writes status, records
 //! events on transitions and backs off with jitter.
 
+pub mod approval_policy;
 pub mod backoff;
 pub mod status;
 pub mod tenant;

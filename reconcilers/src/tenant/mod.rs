@@ -10,7 +10,7 @@ use crate::conditions::DesiredCondition;
 use crate::outcome::{Desired, Outcome};
 use apply::Attribution;
 use countersign_crds::approval_policy::Operation;
-use countersign_crds::status::{READY, RECONCILING, STALLED, SYNCED};
+use countersign_crds::status::{APPROVED, READY, RECONCILING, STALLED, SYNCED};
 use countersign_crds::{ConditionStatus, DeletionPolicy, Tenant, annotations};
 use plan::Plan;
 use sqlx::PgPool;
@@ -81,6 +81,7 @@ pub async fn reconcile(
         _ => None,
     };
     let mut approved = None;
+    let mut approval_applies = approvals.policy.is_some();
     if let Some(operation) = operation {
         let change = approval::Change {
             kind: KIND,
@@ -92,7 +93,7 @@ pub async fn reconcile(
             snapshot: serde_json::to_value(&tenant.spec)?,
         };
         match approval::gate(pool, approvals, change, actor).await? {
-            Gate::NotRequired => {}
+            Gate::NotRequired => approval_applies = false,
             Gate::Approved(change) => approved = Some(change),
             Gate::Hold(decision) => return Ok(held(&decision, &digest, operation, &slug)),
         }
@@ -126,6 +127,7 @@ pub async fn reconcile(
             live: Desired::Unchanged,
             requeue_after: Some(WAIT_REQUEUE),
             pending_digest: None,
+            drop_conditions: Vec::new(),
         },
         Plan::AlreadyExists { row_id } => Outcome {
             requeue_after: None,
@@ -174,6 +176,7 @@ pub async fn reconcile(
                 },
                 requeue_after: None,
                 pending_digest: Some(None),
+                drop_conditions: Vec::new(),
             }
         }
     };
@@ -181,6 +184,8 @@ pub async fn reconcile(
         outcome
             .conditions
             .push(approval::condition(&Decision::Approved { approver }, &digest));
+    } else if !approval_applies {
+        outcome.drop_conditions.push(APPROVED);
     }
     Ok(outcome)
 }
@@ -270,6 +275,7 @@ pub fn unavailable(error: &crate::Error) -> Outcome {
         live: Desired::Unchanged,
         requeue_after: None,
         pending_digest: None,
+        drop_conditions: Vec::new(),
     }
 }
 
@@ -314,6 +320,7 @@ fn not_live(reason: &'static str, message: String, synced: DesiredCondition, liv
         live,
         requeue_after: None,
         pending_digest: None,
+        drop_conditions: Vec::new(),
     }
 }
 
@@ -369,6 +376,7 @@ fn held(decision: &Decision, digest: &str, operation: Operation, slug: &str) -> 
         // guard lets the waiting approval through.
         requeue_after: matches!(decision, Decision::GuardMissing(_)).then_some(GUARD_REQUEUE),
         pending_digest: Some(Some(digest.to_string())),
+        drop_conditions: Vec::new(),
     }
 }
 
