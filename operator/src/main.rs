@@ -119,6 +119,8 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                     .unwrap_or_else(|| format!("countersign-{:016x}", rand::random::<u64>())),
                 duration_seconds: lease_duration_seconds,
             });
+            // Refuse an unknown schema before touching the cluster.
+            countersign_reconcilers::db::check_schema(&pool).await?;
             let client = kube::Client::try_default().await?;
             countersign_operator::run(
                 client,
