@@ -373,8 +373,9 @@ pub enum Gate {
     NotRequired,
     /// Approved: apply it together with this approval.
     Approved(ApprovedChange),
-    /// Do not apply; report this decision.
-    Hold(Decision),
+    /// Do not apply; report this decision. The time is when an open request
+    /// expires, so the caller can look again then without polling.
+    Hold(Decision, Option<DateTime<Utc>>),
 }
 
 /// The object facts a gate needs.
@@ -427,7 +428,7 @@ pub async fn gate(pool: &sqlx::PgPool, inputs: &Inputs, change: Change<'_>, acto
         now: Utc::now(),
     });
     let Some(requester) = get(a::REQUESTED_BY).filter(|r| !r.is_empty()) else {
-        return Ok(Gate::Hold(decision));
+        return Ok(Gate::Hold(decision, None));
     };
     let request = NewRequest {
         kind: change.kind.into(),
@@ -450,8 +451,30 @@ pub async fn gate(pool: &sqlx::PgPool, inputs: &Inputs, change: Change<'_>, acto
         Decision::Expired => Some(("expired", None, None)),
         _ => None,
     };
+    let open_until = settle_as.is_none().then(|| {
+        recorded.as_ref().map_or_else(
+            || Utc::now() + chrono::Duration::seconds(request.ttl_seconds),
+            |r| r.expires_at,
+        )
+    });
     record_decision(pool, &request, recorded.as_ref(), settle_as, actor).await?;
-    Ok(Gate::Hold(decision))
+    Ok(Gate::Hold(decision, open_until))
+}
+
+/// How long to wait before looking at a held change again by itself: until
+/// its request expires (so expiry shows without anyone touching the object),
+/// or sooner while an approval waits for the admission guard to be restored.
+pub fn recheck_after(
+    decision: &Decision,
+    open_until: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+) -> Option<std::time::Duration> {
+    const GUARD_RECHECK: std::time::Duration = std::time::Duration::from_secs(15);
+    let until_expiry = open_until.map(|t| (t - now).to_std().unwrap_or_default() + std::time::Duration::from_secs(1));
+    match decision {
+        Decision::GuardMissing(_) => Some(until_expiry.map_or(GUARD_RECHECK, |d| d.min(GUARD_RECHECK))),
+        _ => until_expiry,
+    }
 }
 
 /// The `Approved` condition describing a decision.
@@ -678,6 +701,19 @@ mod tests {
             };
             assert_eq!(decide(&facts), want, "{name}");
         }
+    }
+
+    #[test]
+    fn held_changes_are_looked_at_again_when_they_expire() {
+        let now = Utc::now();
+        let in_an_hour = Some(now + Duration::seconds(3600));
+        let wait = recheck_after(&Decision::Awaiting, in_an_hour, now).expect("a timed recheck");
+        assert!(wait >= std::time::Duration::from_secs(3600) && wait <= std::time::Duration::from_secs(3602));
+        let past = recheck_after(&Decision::Awaiting, Some(now - Duration::seconds(5)), now).expect("due");
+        assert!(past <= std::time::Duration::from_secs(1));
+        let guard = recheck_after(&Decision::GuardMissing("x".into()), in_an_hour, now);
+        assert_eq!(guard, Some(std::time::Duration::from_secs(15)));
+        assert_eq!(recheck_after(&Decision::Expired, None, now), None);
     }
 
     #[test]

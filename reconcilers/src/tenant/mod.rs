@@ -21,8 +21,6 @@ pub const KIND: &str = "Tenant";
 
 /// How often a tenant waiting on something outside itself looks again.
 const WAIT_REQUEUE: Duration = Duration::from_secs(10);
-/// How often an approval refused for a missing guard is looked at again.
-const GUARD_REQUEUE: Duration = Duration::from_secs(15);
 /// How often a conflicting tenant checks whether the other claim went away.
 const CONFLICT_REQUEUE: Duration = Duration::from_secs(300);
 
@@ -95,7 +93,9 @@ pub async fn reconcile(
         match approval::gate(pool, approvals, change, actor).await? {
             Gate::NotRequired => approval_applies = false,
             Gate::Approved(change) => approved = Some(change),
-            Gate::Hold(decision) => return Ok(held(&decision, &digest, operation, &slug)),
+            Gate::Hold(decision, open_until) => {
+                return Ok(held(&decision, open_until, &digest, operation, &slug));
+            }
         }
     }
     let approver = approved.as_ref().map(|a| a.approver.clone());
@@ -230,8 +230,8 @@ pub async fn deletion_gate(
     Ok(match approval::gate(pool, approvals, change, actor).await? {
         Gate::NotRequired => DeletionGate::Proceed(None),
         Gate::Approved(change) => DeletionGate::Proceed(Some(change)),
-        Gate::Hold(decision) => {
-            let mut outcome = held(&decision, &digest, Operation::Delete, &tenant.spec.slug);
+        Gate::Hold(decision, open_until) => {
+            let mut outcome = held(&decision, open_until, &digest, Operation::Delete, &tenant.spec.slug);
             outcome.conditions.push(cond(
                 READY,
                 ConditionStatus::True,
@@ -327,7 +327,13 @@ fn not_live(reason: &'static str, message: String, synced: DesiredCondition, liv
 /// The outcome while a change waits behind the two-person rule: nothing was
 /// written; for an update the approved configuration stays live and Ready
 /// keeps saying so.
-fn held(decision: &Decision, digest: &str, operation: Operation, slug: &str) -> Outcome {
+fn held(
+    decision: &Decision,
+    open_until: Option<chrono::DateTime<chrono::Utc>>,
+    digest: &str,
+    operation: Operation,
+    slug: &str,
+) -> Outcome {
     let approved = approval::condition(decision, digest);
     let needs_change = matches!(
         decision,
@@ -372,9 +378,7 @@ fn held(decision: &Decision, digest: &str, operation: Operation, slug: &str) -> 
     Outcome {
         conditions,
         live: Desired::Unchanged,
-        // Nothing watches the admission objects: look again soon so a restored
-        // guard lets the waiting approval through.
-        requeue_after: matches!(decision, Decision::GuardMissing(_)).then_some(GUARD_REQUEUE),
+        requeue_after: approval::recheck_after(decision, open_until, chrono::Utc::now()),
         pending_digest: Some(Some(digest.to_string())),
         drop_conditions: Vec::new(),
     }
