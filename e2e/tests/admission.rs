@@ -95,6 +95,9 @@ fn denied<T: std::fmt::Debug>(result: Result<T, kube::Error>, why: &str) {
 #[tokio::test]
 async fn the_api_server_refuses_every_admission_attack() -> anyhow::Result<()> {
     let cluster = Cluster::start(true).await?;
+    // An operator and database behind the cluster, to show no attack reaches the database.
+    let (_url, pool) = common::database().await?;
+    let op = common::operator(&cluster.admin, &pool, "admission").await?;
     let pp = PatchParams::default();
     let gitops = cluster.api_as(GITOPS, &["system:serviceaccounts"]).await?;
     let alice = cluster.api_as("alice", &[EDITORS, APPROVERS]).await?;
@@ -213,6 +216,24 @@ async fn the_api_server_refuses_every_admission_attack() -> anyhow::Result<()> {
         "spec": {"name": "Fixed"},
     }));
     gitops.patch(&declared, &pp, &respec).await?;
+
+    // The operator saw every object, and nothing reached the database: no row,
+    // no audit entry, no approved change request.
+    let admin: Api<Tenant> = Api::all(cluster.admin.clone());
+    for name in [&own, &declared] {
+        common::wait_tenant(&admin, name, "held for approval", |t| {
+            common::condition_of(t.status.as_ref(), "Approved").is_some_and(|c| c.status.as_str() == "False")
+                && t.status.as_ref().and_then(|s| s.observed_generation) == t.metadata.generation
+        })
+        .await?;
+    }
+    assert_eq!(common::count(&pool, "tenants").await?, 0);
+    assert_eq!(common::count(&pool, "audit_log").await?, 0);
+    let approved: i64 = sqlx::query_scalar("SELECT count(*) FROM change_requests WHERE state = 'approved'")
+        .fetch_one(&pool)
+        .await?;
+    assert_eq!(approved, 0);
+    op.shutdown().await;
     Ok(())
 }
 
