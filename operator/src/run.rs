@@ -4,10 +4,13 @@ use crate::Error;
 use crate::controller::{self, Context, FIELD_MANAGER};
 use crate::health::{self, Readiness};
 use crate::metrics::Metrics;
+use countersign_crds::ApprovalPolicy;
+use futures::StreamExt;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::Client;
 use kube::api::Api;
 use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube_lease_manager::LeaseManagerBuilder;
 use sqlx::PgPool;
 use std::net::SocketAddr;
@@ -134,6 +137,35 @@ pub async fn start(client: Client, pool: PgPool, options: RunOptions) -> Result<
         ),
         None => None,
     };
+    // ApprovalPolicies are read from a watched cache; every change to them is
+    // also a reason to look at all waiting changes again.
+    let (policies, policy_writer) = reflector::store();
+    let (policy_tx, mut policy_rx) = tokio::sync::mpsc::channel::<()>(1);
+    let policy_watch = tokio::spawn({
+        let stream = reflector(
+            policy_writer,
+            watcher(Api::<ApprovalPolicy>::all(client.clone()), Default::default()),
+        )
+        .default_backoff()
+        .touched_objects();
+        let wait = wait_stop();
+        async move {
+            tokio::pin!(stream);
+            tokio::pin!(wait);
+            loop {
+                tokio::select! {
+                    _ = &mut wait => break,
+                    event = stream.next() => match event {
+                        // A full channel already holds a pending "reconcile all".
+                        Some(Ok(_)) => { let _ = policy_tx.try_send(()); }
+                        Some(Err(e)) => tracing::warn!(error = %e, "ApprovalPolicy watch error"),
+                        None => break,
+                    },
+                }
+            }
+        }
+    });
+    let policy_changed = futures::stream::poll_fn(move |cx| policy_rx.poll_recv(cx));
     let ctx = Arc::new(Context {
         client: client.clone(),
         pool,
@@ -149,6 +181,7 @@ pub async fn start(client: Client, pool: PgPool, options: RunOptions) -> Result<
         actor: options.actor.clone(),
         resync: options.resync,
         pending: Default::default(),
+        policies,
     });
     let server_task = tokio::spawn(async move {
         if let Err(e) = server.await {
@@ -183,7 +216,7 @@ pub async fn start(client: Client, pool: PgPool, options: RunOptions) -> Result<
                 }
             };
             let controller = futures::future::join(
-                controller::tenant::run(ctx.clone(), selector, wait_stop()),
+                controller::tenant::run(ctx.clone(), selector, policy_changed, wait_stop()),
                 controller::approval_policy::run(ctx, wait_stop()),
             );
             tokio::pin!(controller);
@@ -203,7 +236,7 @@ pub async fn start(client: Client, pool: PgPool, options: RunOptions) -> Result<
             }
         }
     };
-    let tasks = vec![server_task, tokio::spawn(controllers)];
+    let tasks = vec![server_task, tokio::spawn(controllers), policy_watch];
     ready.set(true);
     tracing::info!(%health_addr, "countersign operator started");
     Ok(Running {

@@ -38,6 +38,8 @@ pub struct Context {
     pub resync: std::time::Duration,
     /// Which objects have a change awaiting approval.
     pub pending: PendingApprovals,
+    /// Every ApprovalPolicy, kept current by a watch.
+    pub policies: kube::runtime::reflector::Store<countersign_crds::ApprovalPolicy>,
 }
 
 /// The objects whose status shows a digest awaiting approval, exported as
@@ -58,18 +60,20 @@ impl PendingApprovals {
     }
 }
 
-/// Reads the ApprovalPolicies and, when the object carries an approval, checks
+/// Reads the ApprovalPolicies from the cache and, when the object carries an approval, checks
 /// the admission guard: the inputs of the two-person rule for one reconcile.
 pub async fn approval_inputs(
     ctx: &Context,
     annotations: Option<&std::collections::BTreeMap<String, String>>,
 ) -> Result<countersign_reconcilers::approval::Inputs, kube::Error> {
-    use countersign_crds::ApprovalPolicy;
     use countersign_reconcilers::approval::{EffectivePolicy, Inputs};
-    let policies = kube::Api::<ApprovalPolicy>::all(ctx.client.clone())
-        .list(&Default::default())
-        .await?;
-    let policy = EffectivePolicy::from_specs(policies.items.iter().map(|p| &p.spec));
+    // Until the first list has arrived an empty cache would read as "no
+    // policy" and let changes through unapproved: wait for it.
+    if ctx.policies.wait_until_ready().await.is_err() {
+        return Err(kube::Error::Service("the ApprovalPolicy watch stopped".into()));
+    }
+    let policies = ctx.policies.state();
+    let policy = EffectivePolicy::from_specs(policies.iter().map(|p| &p.spec));
     let approval_present = annotations.is_some_and(|a| a.contains_key(countersign_crds::annotations::APPROVED_BY));
     let guard = if policy.is_some() && approval_present {
         Some(crate::guard::check(&ctx.client).await)

@@ -3,7 +3,7 @@
 use super::{Context, FINALIZER, status};
 use crate::Error;
 use crate::metrics::{ErrorLabels, KindLabels, ReconcileLabels};
-use countersign_crds::{ApprovalPolicy, Tenant};
+use countersign_crds::Tenant;
 use countersign_reconcilers::approval::ApprovedChange;
 use countersign_reconcilers::tenant as pipeline;
 use futures::StreamExt;
@@ -11,7 +11,7 @@ use kube::ResourceExt;
 use kube::api::Api;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::watcher;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -19,6 +19,7 @@ use std::time::Instant;
 pub async fn run(
     ctx: Arc<Context>,
     selector: Option<String>,
+    policy_changed: impl futures::Stream<Item = ()> + Send + 'static,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     let api: Api<Tenant> = Api::all(ctx.client.clone());
@@ -26,17 +27,10 @@ pub async fn run(
     if let Some(sel) = &selector {
         config = config.labels(sel);
     }
-    // A policy appearing, changing or going away can release or hold every
-    // waiting change: look at all Tenants again.
-    let policies = watcher::watcher(
-        Api::<ApprovalPolicy>::all(ctx.client.clone()),
-        watcher::Config::default(),
-    )
-    .default_backoff()
-    .touched_objects()
-    .filter_map(|event| async move { event.ok().map(|_| ()) });
     Controller::new(api, config)
-        .reconcile_all_on(policies)
+        // A policy appearing, changing or going away can release or hold
+        // every waiting change: look at all Tenants again.
+        .reconcile_all_on(policy_changed)
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|res| async move {
