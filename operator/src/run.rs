@@ -205,6 +205,14 @@ pub async fn start(client: Client, pool: PgPool, options: RunOptions) -> Result<
                     Some((leading, lease_task))
                 }
             };
+            // Until the first list of ApprovalPolicies has arrived an empty cache
+            // would read as "no policy" and let changes through unapproved. One
+            // waiter only: the store's readiness signal wakes a single task.
+            if ctx.policies.wait_until_ready().await.is_err() {
+                tracing::error!("the ApprovalPolicy watch stopped before its first list");
+                let _ = stop.send(true);
+                return;
+            }
             metrics.leader.set(1);
             tracing::info!("leading: starting controllers");
             let lost = async {

@@ -67,11 +67,8 @@ pub async fn approval_inputs(
     annotations: Option<&std::collections::BTreeMap<String, String>>,
 ) -> Result<countersign_reconcilers::approval::Inputs, kube::Error> {
     use countersign_reconcilers::approval::{EffectivePolicy, Inputs};
-    // Until the first list has arrived an empty cache would read as "no
-    // policy" and let changes through unapproved: wait for it.
-    if ctx.policies.wait_until_ready().await.is_err() {
-        return Err(kube::Error::Service("the ApprovalPolicy watch stopped".into()));
-    }
+    // The controllers start only once this cache holds the first list (see
+    // run::start), so an empty cache really means "no policy".
     let policies = ctx.policies.state();
     let policy = EffectivePolicy::from_specs(policies.iter().map(|p| &p.spec));
     let approval_present = annotations.is_some_and(|a| a.contains_key(countersign_crds::annotations::APPROVED_BY));
