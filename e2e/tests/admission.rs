@@ -123,26 +123,14 @@ async fn the_api_server_refuses_every_admission_attack() -> anyhow::Result<()> {
     let created = gitops
         .create(&PostParams::default(), &tenant(&declared, "carol@example.com"))
         .await?;
-    assert_eq!(
-        created
-            .annotations()
-            .get("countersign.dev/requested-by")
-            .map(String::as_str),
-        Some("carol@example.com")
-    );
+    assert_eq!(common::requester(&created), Some("carol@example.com"));
 
     // A person is stamped as requester whatever they wrote.
     let own = unique_name("own");
     let created = alice
         .create(&PostParams::default(), &tenant(&own, "somebody-else"))
         .await?;
-    assert_eq!(
-        created
-            .annotations()
-            .get("countersign.dev/requested-by")
-            .map(String::as_str),
-        Some("alice")
-    );
+    assert_eq!(common::requester(&created), Some("alice"));
 
     // Changing requested-by after the fact, to someone else.
     denied(
@@ -246,10 +234,7 @@ async fn without_an_approval_policy_requesters_are_not_enforced_but_approvals_st
         .create(&PostParams::default(), &tenant(&name, "carol@example.com"))
         .await?;
     assert_eq!(
-        created
-            .annotations()
-            .get("countersign.dev/requested-by")
-            .map(String::as_str),
+        common::requester(&created),
         Some("carol@example.com"),
         "with no ApprovalPolicy nothing is stamped"
     );

@@ -9,7 +9,6 @@ use common::approvals::{APPROVERS, EDITORS, GITOPS, Stack};
 use common::{has_condition, wait_tenant};
 use countersign_crds::Tenant;
 use countersign_e2e::unique_name;
-use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::json;
 
@@ -95,7 +94,7 @@ async fn a_gitops_change_goes_live_only_after_a_second_person_approves() -> anyh
     );
     assert_eq!(stack.rows(&name).await?, ["Declared in git"]);
     let update_digest = pending_digest(&waiting);
-    let requester = waiting.annotations().get("countersign.dev/requested-by").cloned();
+    let requester = common::requester(&waiting).map(str::to_string);
     assert_eq!(
         requester.as_deref(),
         Some("alice"),

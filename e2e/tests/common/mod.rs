@@ -273,6 +273,11 @@ pub async fn events_for(client: &Client, name: &str) -> anyhow::Result<Vec<(Stri
         .collect())
 }
 
+/// The object's `countersign.dev/requested-by` annotation.
+pub fn requester(t: &Tenant) -> Option<&str> {
+    t.annotations().get("countersign.dev/requested-by").map(String::as_str)
+}
+
 /// Count of rows in a table.
 pub async fn count(pool: &PgPool, table: &str) -> anyhow::Result<i64> {
     let sql = match table {

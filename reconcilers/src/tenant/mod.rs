@@ -28,11 +28,7 @@ fn attribution(tenant: &Tenant, actor: &str, digest: String, approval: Option<Ap
     let meta = &tenant.metadata;
     Attribution {
         actor: actor.to_string(),
-        requester: meta
-            .annotations
-            .as_ref()
-            .and_then(|a| a.get(annotations::REQUESTED_BY))
-            .cloned(),
+        requester: annotation(tenant, annotations::REQUESTED_BY).cloned(),
         uid: meta.uid.clone().unwrap_or_default(),
         name: meta.name.clone().unwrap_or_default(),
         digest,
@@ -41,12 +37,7 @@ fn attribution(tenant: &Tenant, actor: &str, digest: String, approval: Option<Ap
 }
 
 fn adopt_requested(tenant: &Tenant) -> bool {
-    tenant
-        .metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(annotations::ADOPT))
-        .is_some_and(|v| v == "true")
+    annotation(tenant, annotations::ADOPT).is_some_and(|v| v == "true")
 }
 
 /// Brings the database in line with the Tenant. Transient failures are
@@ -61,11 +52,7 @@ pub async fn reconcile(
         Ok(d) => d,
         Err(invalid) => return Ok(stalled("InvalidSpec", invalid.to_string())),
     };
-    let requester = tenant
-        .metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(annotations::REQUESTED_BY));
+    let requester = annotation(tenant, annotations::REQUESTED_BY);
     let uid = tenant.metadata.uid.clone().unwrap_or_default();
     let digest = crate::digest::change_digest(&uid, requester.map(String::as_str), &tenant.spec)?;
     let observed = resolve::observe(pool, &uid, &desired.slug, desired.parent_slug.as_deref()).await?;
@@ -110,12 +97,7 @@ pub async fn reconcile(
                     "WaitingForDependency",
                     format!("parent tenant {parent:?} does not exist yet"),
                 ),
-                cond(
-                    SYNCED,
-                    ConditionStatus::True,
-                    "ReconcileSucceeded",
-                    "the database was read without error",
-                ),
+                database_read(),
                 cond(
                     RECONCILING,
                     ConditionStatus::True,
@@ -211,11 +193,7 @@ pub async fn deletion_gate(
     if crate::db::owned_by_object(pool, KIND, &uid).await?.is_none() {
         return Ok(DeletionGate::Proceed(None));
     }
-    let requester = tenant
-        .metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(annotations::REQUESTED_BY));
+    let requester = annotation(tenant, annotations::REQUESTED_BY);
     let snapshot = serde_json::json!({"delete": &tenant.spec});
     let digest = crate::digest::change_digest(&uid, requester.map(String::as_str), &snapshot)?;
     let change = approval::Change {
@@ -296,17 +274,7 @@ fn stalled(reason: &'static str, message: String) -> Outcome {
 
 /// The database holds a row this object may not take: nothing was written.
 fn refused(reason: &'static str, message: String) -> Outcome {
-    not_live(
-        reason,
-        message,
-        cond(
-            SYNCED,
-            ConditionStatus::True,
-            "ReconcileSucceeded",
-            "the database was read without error",
-        ),
-        Desired::NotLive,
-    )
+    not_live(reason, message, database_read(), Desired::NotLive)
 }
 
 fn not_live(reason: &'static str, message: String, synced: DesiredCondition, live: Desired) -> Outcome {
@@ -341,12 +309,7 @@ fn held(
     );
     let mut conditions = vec![
         approved.clone(),
-        cond(
-            SYNCED,
-            ConditionStatus::True,
-            "ReconcileSucceeded",
-            "the database was read without error",
-        ),
+        database_read(),
         cond(
             RECONCILING,
             (!needs_change).into(),
@@ -382,6 +345,20 @@ fn held(
         pending_digest: Some(Some(digest.to_string())),
         drop_conditions: Vec::new(),
     }
+}
+
+/// Synced=True when the database was only read.
+fn database_read() -> DesiredCondition {
+    cond(
+        SYNCED,
+        ConditionStatus::True,
+        "ReconcileSucceeded",
+        "the database was read without error",
+    )
+}
+
+fn annotation<'a>(tenant: &'a Tenant, key: &str) -> Option<&'a String> {
+    tenant.metadata.annotations.as_ref().and_then(|a| a.get(key))
 }
 
 fn cond(
