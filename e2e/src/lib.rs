@@ -10,6 +10,8 @@
 //!   any number of `#[tokio::test]`s (each with its own runtime).
 //! - [`test_database_url`]: a fresh database, on `DATABASE_URL`'s server if set.
 //! - [`free_port`] and [`unique_name`].
+//! - [`stub_idp::StubIdp`]: a local HTTPS OIDC/SAML identity provider whose answers a test can
+//!   change, for the operator's outbound checks.
 //!
 //! Child processes die and temp dirs are removed when the owning value is dropped, and — via
 //! watchdog processes — also when the test process exits without running destructors.
@@ -20,6 +22,7 @@ mod controlplane;
 mod ports;
 mod postgres;
 mod process;
+pub mod stub_idp;
 
 use std::future::Future;
 use std::sync::OnceLock;

@@ -10,8 +10,11 @@ pub mod audit;
 pub mod conditions;
 pub mod db;
 pub mod digest;
+pub mod discovery;
 pub mod error;
+pub mod outbound;
 pub mod outcome;
+pub mod secrets;
 pub mod tenant;
 
 pub use error::Error;
