@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Brings up the whole system locally: a kube-apiserver + etcd built from their
-# Go modules, PostgreSQL, the schema migrations, the CRDs, the operator and the
-# example Tenants; then shows `kubectl get tenants` with their conditions.
+# Go modules, PostgreSQL, a local HTTPS identity provider, the schema
+# migrations, the CRDs, the operator and the examples (Tenants, identity
+# providers, group mappings); then shows them with their conditions.
 #
 #   scripts/up.sh          keep the stack running until Ctrl-C
 #   scripts/up.sh --once   show the result and tear everything down
@@ -46,12 +47,26 @@ kubectl apply --server-side -f crds/yaml/ >/dev/null
 kubectl wait --for=condition=Established crd --all --timeout=60s >/dev/null
 echo "==> installing the approval admission policies and RBAC roles"
 kubectl apply --server-side -f crds/admission/ -f crds/rbac/ -f examples/70-approvers.yaml >/dev/null
+echo "==> creating the operator's encryption key Secret"
+kubectl create namespace countersign-system >/dev/null
+kubectl -n countersign-system create secret generic countersign-encryption-key \
+  --from-file=key=<(head -c 32 /dev/urandom) >/dev/null
 echo "==> starting the operator"
-countersign run --health-addr 127.0.0.1:0 >"$state/operator.log" 2>&1 &
+# Loopback is allowed only because the demo identity provider runs on it.
+countersign run --health-addr 127.0.0.1:0 \
+  --encryption-key-secret countersign-system/countersign-encryption-key \
+  --outbound-allow-loopback --outbound-ca-file "$DEV_IDP_CA_FILE" >"$state/operator.log" 2>&1 &
 pids+=($!)
 echo "==> applying the example namespaces and Tenants"
 kubectl apply -f examples/00-namespaces.yaml -f examples/10-tenants.yaml
 kubectl wait --for=condition=Ready tenants --all --timeout=120s >/dev/null || true
+echo "==> applying the example identity providers and group mappings (pointed at the local IdP)"
+sed -e "s#https://login.acme.example/v2.0#$DEV_IDP_ISSUER#" \
+    -e "s#metadataUrl: .*#metadataUrl: $DEV_IDP_METADATA_URL#" \
+    -e "s#entityId: .*#entityId: $DEV_IDP_ENTITY_ID#" \
+    -e "s#ssoUrl: .*#ssoUrl: $DEV_IDP_SSO_URL#" \
+    examples/20-identity-provider.yaml | kubectl apply -f -
+kubectl wait --for=condition=Ready identityproviders,groupmappings --all -A --timeout=120s >/dev/null || true
 
 echo
 kubectl get tenants -o wide
@@ -60,11 +75,16 @@ kubectl get tenants -o custom-columns='NAME:.metadata.name,READY:.status.conditi
 echo
 echo "Rows in the API database:"
 psql "$DATABASE_URL" -c "SELECT slug, name, status, deleted_at FROM tenants ORDER BY slug"
+echo
+kubectl get identityproviders,groupmappings -A -o wide
+echo
+psql "$DATABASE_URL" -c "SELECT name, protocol, status, issuer_url IS NOT NULL AS oidc, client_secret_ref IS NOT NULL AS sealed_secret FROM identity_providers ORDER BY name"
+psql "$DATABASE_URL" -c "SELECT name FROM public_identity_providers ORDER BY name"
 
 if $once; then
-  not_ready=$(kubectl get tenants -o jsonpath='{range .items[*]}{.metadata.name}={.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}' | grep -v '=True$' || true)
+  not_ready=$(kubectl get tenants,identityproviders,groupmappings -A -o jsonpath='{range .items[*]}{.kind}/{.metadata.name}={.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}' | grep -v '=True$' || true)
   if [ -n "$not_ready" ]; then
-    echo "tenants not Ready: $not_ready" >&2
+    echo "not Ready: $not_ready" >&2
     cat "$state/operator.log" >&2
     exit 1
   fi

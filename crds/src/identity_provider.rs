@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
     version = "v1alpha1",
     kind = "IdentityProvider",
     namespaced,
-    status = "ResourceStatus",
+    status = "IdentityProviderStatus",
     shortname = "idp",
     category = "countersign",
     printcolumn(name = "Tenant", type_ = "string", json_path = ".spec.tenantRef.name")
@@ -22,7 +22,8 @@ use serde::{Deserialize, Serialize};
 #[serde(rename_all = "camelCase")]
 pub struct IdentityProviderSpec {
     /// The Tenant (by name) this provider federates for; the Tenant must list
-    /// this object's namespace in spec.allowedNamespaces.
+    /// this object's namespace in spec.allowedNamespaces. Immutable.
+    #[x_kube(validation = Rule::new("self == oldSelf").message("spec.tenantRef is immutable; delete the provider and create a new one"))]
     pub tenant_ref: ObjectRef,
     /// Operator-facing provider name, unique per tenant.
     #[schemars(length(min = 1, max = 200))]
@@ -196,4 +197,73 @@ pub struct SamlProvider {
     #[schemars(length(max = 2048))]
     #[x_kube(validation = Rule::new(HTTPS_URL_RULE).message("spec.saml.ssoUrl must be an https:// URL"))]
     pub sso_url: String,
+}
+
+/// The observed state of an IdentityProvider: the shared status plus what the
+/// operator found when it checked the provider before letting it go live.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IdentityProviderStatus {
+    /// Conditions, database ID and digests, as every kind reports them.
+    #[serde(flatten)]
+    pub common: ResourceStatus,
+    /// Fingerprint of the client secret stored for this provider (HMAC-SHA-256
+    /// under the operator's key, truncated); changes when the secret does and
+    /// reveals nothing about it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_fingerprint: Option<String>,
+    /// The result of the last OIDC discovery check (reference 002
+    /// `OIDCTestDiscoveryResult`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub discovery: Option<OidcDiscoveryStatus>,
+    /// The result of the last SAML metadata check.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub saml_metadata: Option<SamlMetadataStatus>,
+}
+
+/// What the OIDC discovery check found, field by field as the reference's
+/// test-discovery result reports it.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OidcDiscoveryStatus {
+    /// The generation of the spec that was checked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Whether `{issuer}/.well-known/openid-configuration` was fetched and parsed.
+    pub discovery_succeeded: bool,
+    /// Whether the `jwks_uri` answered with at least one key.
+    pub jwks_reachable: bool,
+    /// `id_token_signing_alg_values_supported` as the provider advertises it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub supported_alg_values: Vec<String>,
+    /// Whether the provider advertises RFC 9207 `iss` in authorization responses.
+    pub iss_param_supported: bool,
+    /// The `issuer` the discovery document declares; must equal spec.oidc.issuer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer_echo: Option<String>,
+    /// Key IDs currently published in the JWKS.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub current_kids: Vec<String>,
+    /// Every failed rule, naming the field; empty when the check passed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<String>,
+}
+
+/// What the SAML metadata check found.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SamlMetadataStatus {
+    /// The generation of the spec that was checked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Whether the metadata document was fetched and parsed.
+    pub metadata_fetched: bool,
+    /// The `entityID` the metadata declares; must equal spec.saml.entityId.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entity_id_echo: Option<String>,
+    /// Whether spec.saml.ssoUrl is among the metadata's SingleSignOnService locations.
+    pub sso_url_listed: bool,
+    /// Every failed rule, naming the field; empty when the check passed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<String>,
 }

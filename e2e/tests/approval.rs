@@ -380,3 +380,167 @@ async fn a_policy_reports_itself_in_force_and_removing_it_releases_waiting_chang
     stack.op.shutdown().await;
     Ok(())
 }
+
+#[tokio::test]
+async fn a_new_identity_provider_stays_pending_and_hidden_until_a_second_admin_approves() -> anyhow::Result<()> {
+    use countersign_crds::IdentityProvider;
+    use countersign_e2e::stub_idp::StubIdp;
+    let stub = StubIdp::start().await?;
+    let ca = stub.ca_pem().to_string();
+    let stack = Stack::start_with(|o| {
+        o.outbound.allow_loopback = true;
+        o.outbound.extra_roots_pem = vec![ca];
+    })
+    .await?;
+    common::apply_yaml(
+        &stack.admin,
+        &format!(
+            "apiVersion: platform.countersign.dev/v1alpha1\nkind: ApprovalPolicy\nmetadata: {{name: identity}}\n\
+             spec:\n  rules: [{{kinds: [IdentityProvider], operations: [create, update, delete]}}]\n  \
+             gitopsServiceAccounts: ['{GITOPS}']\n"
+        ),
+    )
+    .await?;
+    let ns = unique_name("team");
+    common::ensure_namespace(&stack.admin, &ns).await?;
+    let gitops = stack.cp.client_as(GITOPS, &["system:serviceaccounts"]).await?;
+
+    // The tenant itself goes through the rule first.
+    let tenant = unique_name("acme");
+    let mut t = common::tenant(
+        &tenant,
+        &stack.run,
+        json!({"slug": tenant, "name": "Acme", "allowedNamespaces": [ns]}),
+    )?;
+    t.metadata.annotations = Some([("countersign.dev/requested-by".to_string(), "carol".to_string())].into());
+    Api::<Tenant>::all(gitops.clone())
+        .create(&PostParams::default(), &t)
+        .await?;
+    let waiting = stack.awaiting(&tenant).await?;
+    stack.approve(&tenant, "bob", &pending_digest(&waiting)).await?;
+    wait_tenant(&Api::all(stack.admin.clone()), &tenant, "Ready", |t| {
+        has_condition(t, "Ready", "True", "Live")
+    })
+    .await?;
+
+    // GitOps declares a provider on carol's behalf.
+    let secret: k8s_openapi::api::core::v1::Secret = serde_json::from_value(json!({
+        "metadata": {"name": "sso-oidc", "namespace": ns}, "stringData": {"client-secret": "v"}}))?;
+    Api::<k8s_openapi::api::core::v1::Secret>::namespaced(stack.admin.clone(), &ns)
+        .create(&PostParams::default(), &secret)
+        .await?;
+    let idp: IdentityProvider = serde_json::from_value(json!({
+        "apiVersion": "platform.countersign.dev/v1alpha1", "kind": "IdentityProvider",
+        "metadata": {"name": "sso", "namespace": ns, "labels": {common::TEST_LABEL: stack.run},
+                     "annotations": {"countersign.dev/requested-by": "carol"}},
+        "spec": {"tenantRef": {"name": tenant}, "displayName": "Acme SSO",
+                 "oidc": {"issuer": stub.issuer(), "clientId": "c",
+                          "clientSecret": {"name": "sso-oidc", "key": "client-secret"}}},
+    }))?;
+    Api::<IdentityProvider>::namespaced(gitops, &ns)
+        .create(&PostParams::default(), &idp)
+        .await?;
+    let idps: Api<IdentityProvider> = Api::namespaced(stack.admin.clone(), &ns);
+    let pending = common::wait_for(
+        "the provider to await approval",
+        async || Ok(idps.get_opt("sso").await?),
+        |i| {
+            common::status_has(
+                i.status.as_ref().map(|s| &s.common),
+                i.metadata.generation,
+                "Approved",
+                "False",
+                "AwaitingApproval",
+            )
+        },
+    )
+    .await?;
+    let ready = pending
+        .status
+        .as_ref()
+        .and_then(|s| s.common.condition("Ready"))
+        .cloned()
+        .expect("Ready");
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("False", "AwaitingApproval")
+    );
+    assert!(ready.message.contains("PENDING_APPROVAL"), "{}", ready.message);
+    let digest = pending
+        .status
+        .as_ref()
+        .and_then(|s| s.common.pending_digest.clone())
+        .expect("pending digest");
+    let row: (String, Option<String>, Option<String>) =
+        sqlx::query_as("SELECT status, requested_by, approved_by FROM identity_providers WHERE name = 'Acme SSO'")
+            .fetch_one(&stack.pool)
+            .await?;
+    assert_eq!(row, ("PENDING_APPROVAL".into(), Some("carol".into()), None));
+    let public = || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM public_identity_providers")
+            .fetch_one(&stack.pool)
+            .await
+    };
+    assert_eq!(public().await?, 0, "a pending provider is not exposed");
+
+    // carol cannot approve her own provider; bob can.
+    let own = Api::<IdentityProvider>::namespaced(stack.cp.client_as("carol", &[EDITORS, APPROVERS]).await?, &ns)
+        .patch(
+            "sso",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": {
+                "countersign.dev/approved-by": "carol", "countersign.dev/approved-digest": digest}}})),
+        )
+        .await
+        .expect_err("self-approval is denied");
+    assert!(
+        own.to_string().contains("you cannot approve a change you requested"),
+        "{own}"
+    );
+    Api::<IdentityProvider>::namespaced(stack.cp.client_as("bob", &[EDITORS, APPROVERS]).await?, &ns)
+        .patch(
+            "sso",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": {
+                "countersign.dev/approved-by": "bob", "countersign.dev/approved-digest": digest}}})),
+        )
+        .await?;
+    let live = common::wait_for(
+        "the provider to go live",
+        async || Ok(idps.get_opt("sso").await?),
+        |i| {
+            common::status_has(
+                i.status.as_ref().map(|s| &s.common),
+                i.metadata.generation,
+                "Ready",
+                "True",
+                "Live",
+            )
+        },
+    )
+    .await?;
+    assert_eq!(
+        live.status.as_ref().and_then(|s| s.common.live_digest.clone()),
+        Some(digest)
+    );
+    let row: (String, Option<String>, Option<String>) =
+        sqlx::query_as("SELECT status, requested_by, approved_by FROM identity_providers WHERE name = 'Acme SSO'")
+            .fetch_one(&stack.pool)
+            .await?;
+    assert_eq!(row, ("ACTIVE".into(), Some("carol".into()), Some("bob".into())));
+    assert_eq!(public().await?, 1, "exposed once approved");
+    let audit: Vec<(String, Option<String>, Option<String>)> = sqlx::query_as(
+        "SELECT action, requester, approver FROM audit_log WHERE kind = 'IdentityProvider' ORDER BY seq",
+    )
+    .fetch_all(&stack.pool)
+    .await?;
+    assert_eq!(
+        audit,
+        [
+            ("request".into(), Some("carol".into()), None),
+            ("activate".into(), Some("carol".into()), Some("bob".into()))
+        ]
+    );
+    stack.op.shutdown().await;
+    Ok(())
+}

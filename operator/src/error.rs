@@ -12,6 +12,9 @@ pub enum Error {
     /// Adding or removing the finalizer failed.
     #[error("finalizer: {0}")]
     Finalizer(String),
+    /// A deletion cannot proceed yet; the object's status says why.
+    #[error("deletion refused for now; see the object's conditions")]
+    DeletionRefused,
     /// A precondition for starting does not hold.
     #[error("{0}")]
     Startup(String),
@@ -25,6 +28,7 @@ impl Error {
             Self::Kube(_) => "KubernetesApiError",
             Self::Finalizer(_) => "FinalizerFailed",
             Self::Startup(_) => "StartupFailed",
+            Self::DeletionRefused => "DeletionRefused",
         }
     }
 }

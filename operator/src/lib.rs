@@ -7,6 +7,7 @@ pub mod guard;
 pub mod health;
 pub mod metrics;
 pub mod run;
+pub mod secret_key;
 
 pub use error::Error;
 pub use run::{RunOptions, run};

@@ -20,6 +20,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once at start-up; boxing the big variant would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Run the controllers (kubeconfig from KUBECONFIG or in-cluster).
@@ -52,6 +54,25 @@ enum Command {
         /// Seconds a leader lease stays valid without renewal.
         #[arg(long, default_value_t = 15)]
         lease_duration_seconds: u64,
+        /// The Secret (namespace/name) whose key `key` holds the 32-byte key
+        /// client and signing secrets are sealed under in the database.
+        #[arg(long, env = "COUNTERSIGN_ENCRYPTION_KEY_SECRET")]
+        encryption_key_secret: Option<String>,
+        /// Hosts outbound calls (OIDC discovery, SAML metadata, webhooks) may
+        /// reach: exact names or `*.example.com`; repeat or comma-separate.
+        /// Without any, every public host may be reached.
+        #[arg(long, env = "COUNTERSIGN_OUTBOUND_ALLOW_HOSTS", value_delimiter = ',')]
+        outbound_allow_host: Vec<String>,
+        /// Let outbound calls reach loopback addresses (local development and tests only).
+        #[arg(long)]
+        outbound_allow_loopback: bool,
+        /// Let outbound calls reach private addresses (providers inside the cluster network).
+        /// Link-local and cloud-metadata addresses stay refused.
+        #[arg(long, env = "COUNTERSIGN_OUTBOUND_ALLOW_PRIVATE")]
+        outbound_allow_private: bool,
+        /// A PEM file of CA certificates trusted for outbound calls besides the system roots.
+        #[arg(long, env = "COUNTERSIGN_OUTBOUND_CA_FILE")]
+        outbound_ca_file: Option<std::path::PathBuf>,
     },
     /// Apply pending schema migrations to the API database.
     Migrate,
@@ -109,6 +130,11 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             leader_election_namespace,
             lease_name,
             lease_duration_seconds,
+            encryption_key_secret,
+            outbound_allow_host,
+            outbound_allow_loopback,
+            outbound_allow_private,
+            outbound_ca_file,
         } => {
             let leader_election = leader_elect.then(|| LeaderElection {
                 namespace: leader_election_namespace,
@@ -122,6 +148,26 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             // Refuse an unknown schema before touching the cluster.
             countersign_reconcilers::db::check_schema(&pool).await?;
             let client = kube::Client::try_default().await?;
+            let secret_key = match encryption_key_secret {
+                Some(reference) => Some(std::sync::Arc::new(
+                    countersign_operator::secret_key::load(&client, &reference).await?,
+                )),
+                None => None,
+            };
+            let extra_roots_pem = match outbound_ca_file {
+                Some(path) => vec![
+                    std::fs::read_to_string(&path)
+                        .map_err(|e| anyhow::anyhow!("cannot read --outbound-ca-file {}: {e}", path.display()))?,
+                ],
+                None => Vec::new(),
+            };
+            let outbound = countersign_reconcilers::outbound::OutboundPolicy {
+                allowed_hosts: outbound_allow_host,
+                allow_loopback: outbound_allow_loopback,
+                allow_private: outbound_allow_private,
+                extra_roots_pem,
+                ..Default::default()
+            };
             countersign_operator::run(
                 client,
                 pool,
@@ -132,6 +178,8 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                     instance,
                     resync: std::time::Duration::from_secs(resync_seconds),
                     leader_election,
+                    secret_key,
+                    outbound,
                 },
             )
             .await?;

@@ -36,6 +36,10 @@ pub struct RunOptions {
     pub resync: std::time::Duration,
     /// Run controllers only while holding this lease; None runs them at once.
     pub leader_election: Option<LeaderElection>,
+    /// The key secrets are sealed under (from `--encryption-key-secret`).
+    pub secret_key: Option<Arc<countersign_reconcilers::secrets::SecretKey>>,
+    /// Where outbound calls may go.
+    pub outbound: countersign_reconcilers::outbound::OutboundPolicy,
 }
 
 /// Where and as whom to take part in leader election.
@@ -140,7 +144,9 @@ pub async fn start(client: Client, pool: PgPool, options: RunOptions) -> Result<
     // ApprovalPolicies are read from a watched cache; every change to them is
     // also a reason to look at all waiting changes again.
     let (policies, policy_writer) = reflector::store();
-    let (policy_tx, mut policy_rx) = tokio::sync::mpsc::channel::<()>(1);
+    // One counter, watched by every controller: each change is "look at all
+    // your objects again", and changes that arrive together coalesce.
+    let (policy_tx, policy_rx) = watch::channel(0u64);
     let policy_watch = tokio::spawn({
         let stream = reflector(
             policy_writer,
@@ -156,8 +162,7 @@ pub async fn start(client: Client, pool: PgPool, options: RunOptions) -> Result<
                 tokio::select! {
                     _ = &mut wait => break,
                     event = stream.next() => match event {
-                        // A full channel already holds a pending "reconcile all".
-                        Some(Ok(_)) => { let _ = policy_tx.try_send(()); }
+                        Some(Ok(_)) => policy_tx.send_modify(|n| *n = n.wrapping_add(1)),
                         Some(Err(e)) => tracing::warn!(error = %e, "ApprovalPolicy watch error"),
                         None => break,
                     },
@@ -165,7 +170,14 @@ pub async fn start(client: Client, pool: PgPool, options: RunOptions) -> Result<
             }
         }
     });
-    let policy_changed = futures::stream::poll_fn(move |cx| policy_rx.poll_recv(cx));
+    let policy_changed = move || {
+        futures::stream::unfold(policy_rx.clone(), |mut rx| async move {
+            rx.changed().await.ok()?;
+            Some(((), rx))
+        })
+    };
+    let outbound = countersign_reconcilers::outbound::OutboundClient::new(options.outbound.clone())
+        .map_err(|e| Error::Startup(format!("outbound policy: {e}")))?;
     let ctx = Arc::new(Context {
         client: client.clone(),
         pool,
@@ -182,6 +194,8 @@ pub async fn start(client: Client, pool: PgPool, options: RunOptions) -> Result<
         resync: options.resync,
         pending: Default::default(),
         policies,
+        secret_key: options.secret_key.clone(),
+        outbound: Some(outbound),
     });
     let server_task = tokio::spawn(async move {
         if let Err(e) = server.await {
@@ -223,8 +237,10 @@ pub async fn start(client: Client, pool: PgPool, options: RunOptions) -> Result<
                     None => std::future::pending().await,
                 }
             };
-            let controller = futures::future::join(
-                controller::tenant::run(ctx.clone(), selector, policy_changed, wait_stop()),
+            let controller = futures::future::join4(
+                controller::tenant::run(ctx.clone(), selector.clone(), policy_changed(), wait_stop()),
+                controller::identity_provider::run(ctx.clone(), selector.clone(), policy_changed(), wait_stop()),
+                controller::group_mapping::run(ctx.clone(), selector, policy_changed(), wait_stop()),
                 controller::approval_policy::run(ctx, wait_stop()),
             );
             tokio::pin!(controller);

@@ -477,6 +477,22 @@ pub fn recheck_after(
     }
 }
 
+/// Marks the approved change request approved inside the write's
+/// transaction and names the approver in the write's audit entry.
+pub async fn carry_out(
+    tx: &mut Transaction<'_, Postgres>,
+    approved: Option<&ApprovedChange>,
+    entry: &mut crate::audit::Entry,
+) -> Result<(), crate::Error> {
+    if let Some(approved) = approved {
+        let request = record(tx, &approved.request).await?;
+        settle(tx, request.id, "approved", Some(&approved.approver), None).await?;
+        entry.approver = Some(approved.approver.clone());
+        entry.detail = serde_json::json!({"change_request": request.id});
+    }
+    Ok(())
+}
+
 /// The `Approved` condition describing a decision.
 pub fn condition(decision: &Decision, digest: &str) -> crate::conditions::DesiredCondition {
     use countersign_crds::ConditionStatus::{False, True};

@@ -13,6 +13,13 @@ pub enum Error {
     /// An object could not be encoded canonically (never expected for valid types).
     #[error("cannot encode object: {0}")]
     Encoding(#[from] serde_json::Error),
+    /// Something the write depends on changed between reading and writing
+    /// (e.g. the provider was deleted); the next pass sees the new state.
+    #[error("{0} changed while this object was being written; retrying")]
+    Raced(String),
+    /// A secret could not be sealed (the system random generator failed).
+    #[error("cannot seal a secret: {0}")]
+    Secret(String),
 }
 
 impl Error {
@@ -22,12 +29,14 @@ impl Error {
             Self::Database(_) => "DatabaseUnavailable",
             Self::SchemaMismatch(_) => "SchemaMismatch",
             Self::Encoding(_) => "EncodingFailed",
+            Self::Secret(_) => "SecretSealFailed",
+            Self::Raced(_) => "ConcurrentChange",
         }
     }
 
     /// Whether backing off and retrying can succeed without a spec change.
     pub fn is_transient(&self) -> bool {
-        matches!(self, Self::Database(_))
+        matches!(self, Self::Database(_) | Self::Secret(_) | Self::Raced(_))
     }
 
     /// A message safe to show in a condition: no connection strings or secrets,

@@ -12,10 +12,14 @@ pub mod db;
 pub mod digest;
 pub mod discovery;
 pub mod error;
+pub mod group_mapping;
+pub mod identity_provider;
 pub mod outbound;
 pub mod outcome;
+pub mod report;
 pub mod secrets;
 pub mod tenant;
+pub mod validation;
 
 pub use error::Error;
 pub use outcome::{Desired, Outcome};

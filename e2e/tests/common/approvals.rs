@@ -69,12 +69,17 @@ pub struct Stack {
 impl Stack {
     /// Starts everything; the policy covers Tenant create, update and delete.
     pub async fn start() -> anyhow::Result<Self> {
+        Self::start_with(|_| {}).await
+    }
+
+    /// Like [`Stack::start`], with the operator's options adjusted.
+    pub async fn start_with(adjust: impl FnOnce(&mut countersign_operator::RunOptions)) -> anyhow::Result<Self> {
         let cp = ControlPlane::start().await?;
         let admin = cp.client().await?;
         install(&admin, true).await?;
         let (_url, pool) = super::database().await?;
         let run = unique_name("approval");
-        let op = super::operator(&admin, &pool, &run).await?;
+        let op = super::operator_with(&admin, &pool, &run, adjust).await?;
         Ok(Self {
             cp,
             admin,

@@ -104,9 +104,59 @@ pub async fn operator_with(
         instance: Some(format!("e2e-{run_id}")),
         resync: Duration::from_secs(300),
         leader_election: None,
+        secret_key: Some(std::sync::Arc::new(test_key())),
+        outbound: Default::default(),
     };
     adjust(&mut options);
     Ok(start(client.clone(), pool.clone(), options).await?)
+}
+
+/// The encryption key every test operator of this binary seals secrets
+/// under: random per run, never committed.
+pub fn test_key_bytes() -> &'static [u8] {
+    static KEY: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    KEY.get_or_init(|| [*uuid::Uuid::new_v4().as_bytes(), *uuid::Uuid::new_v4().as_bytes()].concat())
+}
+
+/// [`test_key_bytes`] as a key.
+pub fn test_key() -> countersign_reconcilers::secrets::SecretKey {
+    countersign_reconcilers::secrets::SecretKey::from_bytes(test_key_bytes()).expect("32 bytes")
+}
+
+/// Polls `get` until `pred` holds (90 s); the error shows the last value.
+pub async fn wait_for<K: serde::Serialize + Clone>(
+    what: &str,
+    mut get: impl AsyncFnMut() -> anyhow::Result<Option<K>>,
+    pred: impl Fn(&K) -> bool,
+) -> anyhow::Result<K> {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let current = get().await?;
+        if let Some(obj) = &current
+            && pred(obj)
+        {
+            return Ok(obj.clone());
+        }
+        if Instant::now() > deadline {
+            return Err(anyhow!(
+                "timed out waiting for {what}; last seen: {}",
+                serde_json::to_string_pretty(&current).unwrap_or_default()
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Whether `status` has condition `type_` with `status_` and `reason`, current for `generation`.
+pub fn status_has(
+    status: Option<&ResourceStatus>,
+    generation: Option<i64>,
+    type_: &str,
+    status_: &str,
+    reason: &str,
+) -> bool {
+    condition_of(status, type_)
+        .is_some_and(|c| c.status.as_str() == status_ && c.reason == reason && c.observed_generation == generation)
 }
 
 /// Parses one or more YAML documents into dynamic objects.

@@ -4,6 +4,9 @@
 
 pub mod approval_policy;
 pub mod backoff;
+pub mod group_mapping;
+pub mod identity_provider;
+pub mod shell;
 pub mod status;
 pub mod tenant;
 
@@ -40,6 +43,10 @@ pub struct Context {
     pub pending: PendingApprovals,
     /// Every ApprovalPolicy, kept current by a watch.
     pub policies: kube::runtime::reflector::Store<countersign_crds::ApprovalPolicy>,
+    /// The key secrets are sealed under; None when the operator was given none.
+    pub secret_key: Option<Arc<countersign_reconcilers::secrets::SecretKey>>,
+    /// The one client for every outbound call, under the outbound policy.
+    pub outbound: Option<countersign_reconcilers::outbound::OutboundClient>,
 }
 
 /// The objects whose status shows a digest awaiting approval, exported as
@@ -78,4 +85,14 @@ pub async fn approval_inputs(
         None
     };
     Ok(Inputs { policy, guard })
+}
+
+/// The watch configuration of a controller: every object, or only those
+/// matching the operator's label selector.
+pub fn watch_config(selector: Option<&str>) -> kube::runtime::watcher::Config {
+    let config = kube::runtime::watcher::Config::default().any_semantic();
+    match selector {
+        Some(sel) => config.labels(sel),
+        None => config,
+    }
 }

@@ -8,34 +8,51 @@ use countersign_crds::status::{APPROVED, READY, STALLED, SYNCED};
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType};
 use kube::{Resource, ResourceExt};
+use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::fmt::Debug;
+
+/// A kind whose status carries the shared conditions.
+pub trait WithStatus: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug {
+    /// The kind's status type.
+    type Status: Serialize + PartialEq + Clone + Debug + Send + Sync;
+    /// The part of a status every kind shares.
+    fn common(status: &Self::Status) -> &ResourceStatus;
+}
+
+impl WithStatus for countersign_crds::ApprovalPolicy {
+    type Status = ResourceStatus;
+    fn common(status: &ResourceStatus) -> &ResourceStatus {
+        status
+    }
+}
 
 /// Writes `new` if it differs from `old`, then records an event for each
 /// condition among Ready, Synced, Stalled and Approved whose status or reason
 /// flipped (so every approval decision leaves an event).
-pub async fn write<K>(
+pub async fn write<K: WithStatus>(
     api: &Api<K>,
     obj: &K,
-    old: Option<&ResourceStatus>,
-    new: &ResourceStatus,
+    old: Option<&K::Status>,
+    new: &K::Status,
     ctx: &Context,
-) -> Result<(), kube::Error>
-where
-    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug,
-{
+) -> Result<(), kube::Error> {
+    let changed = old != Some(new);
+    let full = new;
+    let old: Option<&ResourceStatus> = old.map(K::common);
+    let new: &ResourceStatus = K::common(new);
     ctx.pending.track(
         &obj.uid().unwrap_or_default(),
         new.pending_digest.is_some(),
         &ctx.metrics,
     );
-    if old == Some(new) {
+    if !changed {
         return Ok(());
     }
     let patch = serde_json::json!({
         "apiVersion": K::api_version(&()),
         "kind": K::kind(&()),
-        "status": new,
+        "status": full,
     });
     api.patch_status(
         &obj.name_any(),

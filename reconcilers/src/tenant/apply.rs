@@ -115,7 +115,7 @@ async fn finish(
     entry.row_id = Some(row_id);
     entry.requester = who.requester.clone();
     entry.digest = Some(who.digest.clone());
-    carry_approval(&mut tx, who, &mut entry).await?;
+    approval::carry_out(&mut tx, who.approval.as_ref(), &mut entry).await?;
     audit::append(&mut tx, &entry).await?;
     tx.commit().await?;
     Ok(())
@@ -141,24 +141,8 @@ pub async fn remove(pool: &PgPool, orphan: bool, who: &Attribution) -> Result<Op
     entry.row_id = Some(owner.row_id);
     entry.requester = who.requester.clone();
     entry.digest = Some(owner.digest);
-    carry_approval(&mut tx, who, &mut entry).await?;
+    approval::carry_out(&mut tx, who.approval.as_ref(), &mut entry).await?;
     audit::append(&mut tx, &entry).await?;
     tx.commit().await?;
     Ok(Some(owner.row_id))
-}
-
-/// Marks the approved change request approved inside the write's transaction
-/// and names the approver in its audit entry.
-async fn carry_approval(
-    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
-    who: &Attribution,
-    entry: &mut Entry,
-) -> Result<(), crate::Error> {
-    if let Some(approved) = &who.approval {
-        let request = approval::record(tx, &approved.request).await?;
-        approval::settle(tx, request.id, "approved", Some(&approved.approver), None).await?;
-        entry.approver = Some(approved.approver.clone());
-        entry.detail = serde_json::json!({"change_request": request.id});
-    }
-    Ok(())
 }

@@ -5,24 +5,19 @@ pub mod plan;
 pub mod resolve;
 pub mod validate;
 
-use crate::approval::{self, ApprovedChange, Decision, Gate};
-use crate::conditions::DesiredCondition;
-use crate::outcome::{Desired, Outcome};
+use crate::approval::{self, ApprovedChange, Gate};
+use crate::outcome::Outcome;
+use crate::report::{self, CONFLICT_REQUEUE, refused, stalled};
 use apply::Attribution;
 use countersign_crds::approval_policy::Operation;
-use countersign_crds::status::{APPROVED, READY, RECONCILING, STALLED, SYNCED};
-use countersign_crds::{ConditionStatus, DeletionPolicy, Tenant, annotations};
+use countersign_crds::{DeletionPolicy, Tenant, annotations};
 use plan::Plan;
 use sqlx::PgPool;
-use std::time::Duration;
+
+pub use crate::report::{DeletionGate, unavailable};
 
 /// The kind name used in ownership records and the audit log.
 pub const KIND: &str = "Tenant";
-
-/// How often a tenant waiting on something outside itself looks again.
-const WAIT_REQUEUE: Duration = Duration::from_secs(10);
-/// How often a conflicting tenant checks whether the other claim went away.
-const CONFLICT_REQUEUE: Duration = Duration::from_secs(300);
 
 fn attribution(tenant: &Tenant, actor: &str, digest: String, approval: Option<ApprovedChange>) -> Attribution {
     let meta = &tenant.metadata;
@@ -81,36 +76,19 @@ pub async fn reconcile(
             Gate::NotRequired => approval_applies = false,
             Gate::Approved(change) => approved = Some(change),
             Gate::Hold(decision, open_until) => {
-                return Ok(held(&decision, open_until, &digest, operation, &slug));
+                let not_live = format!("tenant {slug:?} is not created");
+                return Ok(report::held(&decision, open_until, &digest, operation, &not_live));
             }
         }
     }
     let approver = approved.as_ref().map(|a| a.approver.clone());
     let who = attribution(tenant, actor, digest.clone(), approved);
     let written = apply::apply(pool, &plan, &who).await?;
-    let mut outcome = match plan {
-        Plan::WaitForParent(parent) => Outcome {
-            conditions: vec![
-                cond(
-                    READY,
-                    ConditionStatus::False,
-                    "WaitingForDependency",
-                    format!("parent tenant {parent:?} does not exist yet"),
-                ),
-                database_read(),
-                cond(
-                    RECONCILING,
-                    ConditionStatus::True,
-                    "WaitingForDependency",
-                    format!("waiting for parent tenant {parent:?}"),
-                ),
-                cond(STALLED, ConditionStatus::False, "WaitingForDependency", ""),
-            ],
-            live: Desired::Unchanged,
-            requeue_after: Some(WAIT_REQUEUE),
-            pending_digest: None,
-            drop_conditions: Vec::new(),
-        },
+    let outcome = match plan {
+        Plan::WaitForParent(parent) => report::waiting(
+            "WaitingForDependency",
+            format!("parent tenant {parent:?} does not exist yet"),
+        ),
         Plan::AlreadyExists { row_id } => Outcome {
             requeue_after: None,
             ..refused(
@@ -135,93 +113,28 @@ pub async fn reconcile(
                 _ => None,
             });
             let database_id = row_id.map(|id| id.to_string()).unwrap_or_default();
-            Outcome {
-                conditions: vec![
-                    cond(
-                        READY,
-                        ConditionStatus::True,
-                        "Live",
-                        format!("tenant {slug:?} is live in the API database"),
-                    ),
-                    cond(
-                        SYNCED,
-                        ConditionStatus::True,
-                        "ReconcileSucceeded",
-                        "the database matches the spec",
-                    ),
-                    cond(RECONCILING, ConditionStatus::False, "Live", ""),
-                    cond(STALLED, ConditionStatus::False, "Live", ""),
-                ],
-                live: Desired::Live {
-                    database_id,
-                    digest: digest.clone(),
-                },
-                requeue_after: None,
-                pending_digest: Some(None),
-                drop_conditions: Vec::new(),
-            }
+            report::live(&format!("tenant {slug:?}"), database_id, &digest)
         }
     };
-    if let Some(approver) = approver {
-        outcome
-            .conditions
-            .push(approval::condition(&Decision::Approved { approver }, &digest));
-    } else if !approval_applies {
-        outcome.drop_conditions.push(APPROVED);
-    }
-    Ok(outcome)
+    Ok(report::with_approval(outcome, approver, approval_applies, &digest))
 }
 
-/// Whether a deletion may proceed now.
-#[derive(Clone, Debug)]
-pub enum DeletionGate {
-    /// Remove (or release) the row, carrying this approval if one was needed.
-    Proceed(Option<ApprovedChange>),
-    /// Keep the finalizer: the deletion waits behind the two-person rule.
-    Hold(Outcome),
-}
-
-/// Passes the deletion of a Tenant that manages a row through the two-person
-/// rule. The digest covers the uid, the requester and the spec being deleted.
+/// Passes the deletion of a Tenant that manages a row through the two-person rule.
 pub async fn deletion_gate(
     tenant: &Tenant,
     pool: &PgPool,
     actor: &str,
     approvals: &approval::Inputs,
 ) -> Result<DeletionGate, crate::Error> {
-    let uid = tenant.metadata.uid.clone().unwrap_or_default();
-    if crate::db::owned_by_object(pool, KIND, &uid).await?.is_none() {
-        return Ok(DeletionGate::Proceed(None));
-    }
-    let requester = annotation(tenant, annotations::REQUESTED_BY);
-    let snapshot = serde_json::json!({"delete": &tenant.spec});
-    let digest = crate::digest::change_digest(&uid, requester.map(String::as_str), &snapshot)?;
-    let change = approval::Change {
+    let deleting = report::Deleting {
         kind: KIND,
         object_key: tenant.metadata.name.clone().unwrap_or_default(),
-        uid: &uid,
+        uid: tenant.metadata.uid.as_deref().unwrap_or_default(),
         annotations: tenant.metadata.annotations.as_ref(),
-        operation: Operation::Delete,
-        digest: &digest,
-        snapshot,
+        spec: serde_json::to_value(&tenant.spec)?,
+        subject: format!("tenant {:?}", tenant.spec.slug),
     };
-    Ok(match approval::gate(pool, approvals, change, actor).await? {
-        Gate::NotRequired => DeletionGate::Proceed(None),
-        Gate::Approved(change) => DeletionGate::Proceed(Some(change)),
-        Gate::Hold(decision, open_until) => {
-            let mut outcome = held(&decision, open_until, &digest, Operation::Delete, &tenant.spec.slug);
-            outcome.conditions.push(cond(
-                READY,
-                ConditionStatus::True,
-                "DeletionAwaitingApproval",
-                format!(
-                    "tenant {:?} stays live until a second person approves its deletion",
-                    tenant.spec.slug
-                ),
-            ));
-            DeletionGate::Hold(outcome)
-        }
-    })
+    report::deletion_gate(pool, approvals, deleting, actor).await
 }
 
 /// Handles deletion of the Tenant according to its deletion policy, carrying
@@ -237,135 +150,6 @@ pub async fn cleanup(
     Ok(())
 }
 
-/// The outcome when the database cannot be reached: Ready keeps describing
-/// what was last known to be live.
-pub fn unavailable(error: &crate::Error) -> Outcome {
-    Outcome {
-        conditions: vec![
-            cond(SYNCED, ConditionStatus::False, error.reason(), error.public_message()),
-            cond(
-                RECONCILING,
-                ConditionStatus::True,
-                error.reason(),
-                "retrying with back-off",
-            ),
-        ],
-        live: Desired::Unchanged,
-        requeue_after: None,
-        pending_digest: None,
-        drop_conditions: Vec::new(),
-    }
-}
-
-/// The spec was rejected before reaching the database: a spec change is needed.
-fn stalled(reason: &'static str, message: String) -> Outcome {
-    not_live(
-        reason,
-        message,
-        cond(
-            SYNCED,
-            ConditionStatus::False,
-            reason,
-            "the spec was rejected before reaching the database",
-        ),
-        Desired::Unchanged,
-    )
-}
-
-/// The database holds a row this object may not take: nothing was written.
-fn refused(reason: &'static str, message: String) -> Outcome {
-    not_live(reason, message, database_read(), Desired::NotLive)
-}
-
-fn not_live(reason: &'static str, message: String, synced: DesiredCondition, live: Desired) -> Outcome {
-    Outcome {
-        conditions: vec![
-            cond(READY, ConditionStatus::False, reason, message.clone()),
-            synced,
-            cond(RECONCILING, ConditionStatus::False, reason, ""),
-            cond(STALLED, ConditionStatus::True, reason, message),
-        ],
-        live,
-        requeue_after: None,
-        pending_digest: None,
-        drop_conditions: Vec::new(),
-    }
-}
-
-/// The outcome while a change waits behind the two-person rule: nothing was
-/// written; for an update the approved configuration stays live and Ready
-/// keeps saying so.
-fn held(
-    decision: &Decision,
-    open_until: Option<chrono::DateTime<chrono::Utc>>,
-    digest: &str,
-    operation: Operation,
-    slug: &str,
-) -> Outcome {
-    let approved = approval::condition(decision, digest);
-    let needs_change = matches!(
-        decision,
-        Decision::Rejected { .. } | Decision::Expired | Decision::RequesterUnknown
-    );
-    let mut conditions = vec![
-        approved.clone(),
-        database_read(),
-        cond(
-            RECONCILING,
-            (!needs_change).into(),
-            decision.reason(),
-            approved.message.clone(),
-        ),
-        cond(
-            STALLED,
-            needs_change.into(),
-            decision.reason(),
-            if needs_change {
-                approved.message.clone()
-            } else {
-                String::new()
-            },
-        ),
-    ];
-    if operation == Operation::Create {
-        conditions.push(cond(
-            READY,
-            ConditionStatus::False,
-            decision.reason(),
-            format!(
-                "tenant {slug:?} is not created until a second person approves: {}",
-                approved.message
-            ),
-        ));
-    }
-    Outcome {
-        conditions,
-        live: Desired::Unchanged,
-        requeue_after: approval::recheck_after(decision, open_until, chrono::Utc::now()),
-        pending_digest: Some(Some(digest.to_string())),
-        drop_conditions: Vec::new(),
-    }
-}
-
-/// Synced=True when the database was only read.
-fn database_read() -> DesiredCondition {
-    cond(
-        SYNCED,
-        ConditionStatus::True,
-        "ReconcileSucceeded",
-        "the database was read without error",
-    )
-}
-
 fn annotation<'a>(tenant: &'a Tenant, key: &str) -> Option<&'a String> {
-    tenant.metadata.annotations.as_ref().and_then(|a| a.get(key))
-}
-
-fn cond(
-    type_: &'static str,
-    status: ConditionStatus,
-    reason: &'static str,
-    message: impl Into<String>,
-) -> DesiredCondition {
-    DesiredCondition::new(type_, status, reason, message)
+    report::annotation(tenant.metadata.annotations.as_ref(), key)
 }

@@ -7,20 +7,8 @@ use countersign_crds::tenant::{Branding, TenantSpec};
 /// The placeholders the backend substitutes in invitation templates (reference 000).
 pub const TEMPLATE_PLACEHOLDERS: [&str; 5] = ["app_name", "logo_url", "organization_name", "role", "accept_url"];
 
-/// A rejected field: the path and the rule it breaks.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Invalid {
-    /// JSON path of the offending field, e.g. `spec.name`.
-    pub field: String,
-    /// The rule, in words.
-    pub rule: String,
-}
-
-impl std::fmt::Display for Invalid {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: {}", self.field, self.rule)
-    }
-}
+pub use crate::validation::Invalid;
+use crate::validation::{invalid, is_slug};
 
 /// The tenant row the spec asks for (parent still as a slug).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -150,28 +138,10 @@ fn check_placeholders(text: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn is_slug(s: &str) -> bool {
-    let bytes = s.as_bytes();
-    !bytes.is_empty()
-        && bytes.len() <= 63
-        && bytes
-            .iter()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
-        && bytes[0] != b'-'
-        && bytes[bytes.len() - 1] != b'-'
-}
-
 fn looks_like_email(s: &str) -> bool {
     match s.split_once('@') {
         Some((local, domain)) => !local.is_empty() && domain.contains('.') && !s.chars().any(char::is_whitespace),
         None => false,
-    }
-}
-
-fn invalid(field: &str, rule: impl Into<String>) -> Invalid {
-    Invalid {
-        field: field.into(),
-        rule: rule.into(),
     }
 }
 

@@ -1,0 +1,207 @@
+//! The IdentityProvider controller: reads the client secret from its Secret,
+//! checks the provider through the outbound policy, and re-reconciles when
+//! the Secret, the Tenant or a GroupMapping referencing the provider changes.
+
+use super::Context;
+use super::shell::{self, Reconciled};
+use super::status::WithStatus;
+use crate::Error;
+use countersign_crds::identity_provider::{IdentityProviderStatus, OidcDiscoveryStatus, SamlMetadataStatus};
+use countersign_crds::{GroupMapping, IdentityProvider, ResourceStatus, Tenant};
+use countersign_reconcilers::Outcome;
+use countersign_reconcilers::approval::{ApprovedChange, Inputs};
+use countersign_reconcilers::discovery;
+use countersign_reconcilers::identity_provider::{self as pipeline, ClientSecret, ProviderChecks, Report};
+use countersign_reconcilers::outbound::OutboundClient;
+use countersign_reconcilers::report::DeletionGate;
+use k8s_openapi::api::core::v1::Secret;
+use kube::ResourceExt;
+use kube::api::Api;
+use kube::core::PartialObjectMeta;
+use kube::runtime::controller::Controller;
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::watcher;
+use std::sync::Arc;
+use std::time::Duration;
+
+impl WithStatus for IdentityProvider {
+    type Status = IdentityProviderStatus;
+
+    fn common(status: &IdentityProviderStatus) -> &ResourceStatus {
+        &status.common
+    }
+}
+
+/// The network checks, through the operator's outbound policy.
+struct Checks<'a>(Option<&'a OutboundClient>);
+
+impl ProviderChecks for Checks<'_> {
+    async fn oidc(&self, issuer: &str) -> OidcDiscoveryStatus {
+        match self.0 {
+            Some(client) => {
+                let r = discovery::check_oidc(client, issuer).await;
+                OidcDiscoveryStatus {
+                    observed_generation: None,
+                    discovery_succeeded: r.discovery_succeeded,
+                    jwks_reachable: r.jwks_reachable,
+                    supported_alg_values: r.supported_alg_values,
+                    iss_param_supported: r.iss_param_supported,
+                    issuer_echo: r.issuer_echo,
+                    current_kids: r.current_kids,
+                    errors: r.errors,
+                }
+            }
+            None => OidcDiscoveryStatus {
+                errors: vec!["the operator has no outbound client configured".into()],
+                ..Default::default()
+            },
+        }
+    }
+
+    async fn saml(&self, metadata_url: &str, entity_id: &str, sso_url: &str) -> SamlMetadataStatus {
+        match self.0 {
+            Some(client) => {
+                let r = discovery::check_saml(client, metadata_url, entity_id, sso_url).await;
+                SamlMetadataStatus {
+                    observed_generation: None,
+                    metadata_fetched: r.metadata_fetched,
+                    entity_id_echo: r.entity_id_echo,
+                    sso_url_listed: r.sso_url_listed,
+                    errors: r.errors,
+                }
+            }
+            None => SamlMetadataStatus {
+                errors: vec!["the operator has no outbound client configured".into()],
+                ..Default::default()
+            },
+        }
+    }
+}
+
+/// Reads the client secret the spec references. Never logged: only its
+/// presence reaches conditions.
+async fn client_secret(idp: &IdentityProvider, ctx: &Context) -> Result<ClientSecret, kube::Error> {
+    let Some(oidc) = &idp.spec.oidc else {
+        return Ok(ClientSecret::NotNeeded);
+    };
+    let reference = &oidc.client_secret;
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &idp.namespace().unwrap_or_default());
+    let Some(secret) = api.get_opt(&reference.name).await? else {
+        return Ok(ClientSecret::SecretMissing {
+            secret: reference.name.clone(),
+        });
+    };
+    match secret.data.and_then(|mut d| d.remove(&reference.key)) {
+        Some(bytes) => Ok(ClientSecret::Found(bytes.0)),
+        None => Ok(ClientSecret::KeyMissing {
+            secret: reference.name.clone(),
+            key: reference.key.clone(),
+        }),
+    }
+}
+
+impl Reconciled for IdentityProvider {
+    const KIND: &'static str = pipeline::KIND;
+
+    fn api(&self, client: kube::Client) -> Api<Self> {
+        Api::namespaced(client, &self.namespace().unwrap_or_default())
+    }
+
+    fn current_status(&self) -> Option<&IdentityProviderStatus> {
+        self.status.as_ref()
+    }
+
+    fn status_from(
+        outcome: &Outcome,
+        previous: Option<&IdentityProviderStatus>,
+        generation: Option<i64>,
+        now: &str,
+    ) -> IdentityProviderStatus {
+        Report::from(outcome.clone()).status(previous, generation, now)
+    }
+
+    async fn reconcile(
+        &self,
+        ctx: &Context,
+        approvals: &Inputs,
+        now: &str,
+    ) -> Result<(IdentityProviderStatus, Option<Duration>), Error> {
+        let secret = client_secret(self, ctx).await?;
+        let checks = Checks(ctx.outbound.as_ref());
+        let inputs = pipeline::Inputs {
+            approvals,
+            secret,
+            key: ctx.secret_key.as_deref(),
+            checks: &checks,
+        };
+        let report = pipeline::reconcile(self, &ctx.pool, &ctx.actor, inputs).await?;
+        let status = report.status(self.status.as_ref(), self.metadata.generation, now);
+        Ok((status, report.outcome.requeue_after))
+    }
+
+    async fn deletion_gate(&self, ctx: &Context, approvals: &Inputs) -> Result<DeletionGate, Error> {
+        Ok(pipeline::deletion_gate(self, &ctx.pool, &ctx.actor, approvals).await?)
+    }
+
+    async fn cleanup(&self, ctx: &Context, approved: Option<ApprovedChange>) -> Result<Result<(), Outcome>, Error> {
+        Ok(pipeline::cleanup(self, &ctx.pool, &ctx.actor, approved).await?)
+    }
+}
+
+/// The providers in `store` matching `pick`, as reconcile triggers.
+fn providers(
+    store: &Store<IdentityProvider>,
+    pick: impl Fn(&IdentityProvider) -> bool,
+) -> Vec<ObjectRef<IdentityProvider>> {
+    store
+        .state()
+        .iter()
+        .filter(|idp| pick(idp))
+        .map(|idp| ObjectRef::from_obj(idp.as_ref()))
+        .collect()
+}
+
+/// Runs the IdentityProvider controller until `shutdown` resolves.
+pub async fn run(
+    ctx: Arc<Context>,
+    selector: Option<String>,
+    policy_changed: impl futures::Stream<Item = ()> + Send + 'static,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let client = ctx.client.clone();
+    let config = super::watch_config(selector.as_deref());
+    let controller = Controller::new(Api::<IdentityProvider>::all(client.clone()), config.clone());
+    let (by_secret, by_tenant, by_mapping) = (controller.store(), controller.store(), controller.store());
+    let controller = controller
+        .reconcile_all_on(policy_changed)
+        // Secrets are watched by metadata only: the operator learns that a
+        // Secret changed without holding every Secret's data in memory.
+        .watches(
+            Api::<PartialObjectMeta<Secret>>::all(client.clone()),
+            watcher::Config::default().any_semantic(),
+            move |secret| {
+                let (ns, name) = (secret.namespace(), secret.name_any());
+                providers(&by_secret, |idp| {
+                    idp.namespace() == ns && idp.spec.oidc.as_ref().is_some_and(|o| o.client_secret.name == name)
+                })
+            },
+        )
+        // A tenant going live, or changing its allowed namespaces, decides
+        // whether waiting or refused providers may proceed.
+        .watches(Api::<Tenant>::all(client.clone()), config.clone(), move |tenant| {
+            let name = tenant.name_any();
+            providers(&by_tenant, |idp| idp.spec.tenant_ref.name == name)
+        })
+        // A mapping going away can release a provider whose deletion waits (InUse).
+        .watches(Api::<GroupMapping>::all(client), config, move |gm| {
+            let (ns, name) = (gm.namespace(), gm.spec.identity_provider_ref.name.clone());
+            providers(&by_mapping, |idp| idp.namespace() == ns && idp.name_any() == name)
+        })
+        .graceful_shutdown_on(shutdown)
+        .run(
+            shell::reconcile::<IdentityProvider>,
+            shell::error_policy::<IdentityProvider>,
+            ctx,
+        );
+    shell::drain(controller).await;
+}

@@ -1,0 +1,185 @@
+//! The one controller shape every kind shares: the deletion gate before the
+//! finalizer, the pipeline, the status write, metrics and back-off. A kind
+//! plugs in by implementing [`Reconciled`].
+
+use super::status::{self, WithStatus};
+use super::{Context, FINALIZER};
+use crate::Error;
+use crate::metrics::{ErrorLabels, KindLabels, ReconcileLabels};
+use countersign_reconcilers::Outcome;
+use countersign_reconcilers::approval::{ApprovedChange, Inputs};
+use countersign_reconcilers::report::DeletionGate;
+use kube::ResourceExt;
+use kube::api::Api;
+use kube::runtime::controller::Action;
+use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use serde::Serialize;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// A kind the operator reconciles into the API database.
+pub trait Reconciled: WithStatus + Serialize + Send + Sync + 'static {
+    /// The kind name (metrics, logs).
+    const KIND: &'static str;
+
+    /// The API to write this object's status and finalizer through.
+    fn api(&self, client: kube::Client) -> Api<Self>;
+    /// The status the object carries now.
+    fn current_status(&self) -> Option<&Self::Status>;
+    /// The status after an outcome that says nothing kind-specific.
+    fn status_from(
+        outcome: &Outcome,
+        previous: Option<&Self::Status>,
+        generation: Option<i64>,
+        now: &str,
+    ) -> Self::Status;
+    /// Runs the pipeline: the new status and when to look again.
+    fn reconcile(
+        &self,
+        ctx: &Context,
+        approvals: &Inputs,
+        now: &str,
+    ) -> impl Future<Output = Result<(Self::Status, Option<Duration>), Error>> + Send;
+    /// Whether a deletion may proceed.
+    fn deletion_gate(
+        &self,
+        ctx: &Context,
+        approvals: &Inputs,
+    ) -> impl Future<Output = Result<DeletionGate, Error>> + Send;
+    /// Removes or releases the row. `Err(outcome)`: not now, say why.
+    fn cleanup(
+        &self,
+        ctx: &Context,
+        approved: Option<ApprovedChange>,
+    ) -> impl Future<Output = Result<Result<(), Outcome>, Error>> + Send;
+}
+
+fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+/// One reconcile of any kind.
+pub async fn reconcile<K: Reconciled>(obj: Arc<K>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
+    let api = obj.api(ctx.client.clone());
+    let result = match deletion_gate(&api, &obj, &ctx).await {
+        Err(e) => Err(e),
+        Ok(Err(hold)) => Ok(hold),
+        Ok(Ok(approved)) => finalizer(&api, FINALIZER, obj.clone(), |event| async {
+            match event {
+                Finalizer::Apply(o) => apply(&api, &o, &ctx).await,
+                Finalizer::Cleanup(o) => match o.cleanup(&ctx, approved).await? {
+                    Ok(()) => {
+                        ctx.pending.track(&o.uid().unwrap_or_default(), false, &ctx.metrics);
+                        Ok(Action::await_change())
+                    }
+                    // Keep the finalizer: report why and fail this cleanup so
+                    // the finalizer helper does not remove it.
+                    Err(outcome) => {
+                        let previous = o.current_status();
+                        let new = K::status_from(&outcome, previous, o.meta().generation, &now());
+                        status::write(&api, o.as_ref(), previous, &new, &ctx).await?;
+                        Err(Error::DeletionRefused)
+                    }
+                },
+            }
+        })
+        .await
+        .map_err(|e| match e {
+            kube::runtime::finalizer::Error::ApplyFailed(e) | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
+            other => Error::Finalizer(other.to_string()),
+        }),
+    };
+    ctx.metrics
+        .duration
+        .get_or_create(&KindLabels { kind: K::KIND.into() })
+        .observe(started.elapsed().as_secs_f64());
+    let ok = result.is_ok();
+    ctx.metrics
+        .reconciles
+        .get_or_create(&ReconcileLabels {
+            kind: K::KIND.into(),
+            result: if ok { "ok" } else { "error" }.into(),
+        })
+        .inc();
+    if ok {
+        ctx.backoff.reset(&obj.uid().unwrap_or_default());
+    }
+    result
+}
+
+/// For an object being deleted that still carries the finalizer: Ok(approval)
+/// lets the deletion proceed, Err(action) holds it with its status written.
+async fn deletion_gate<K: Reconciled>(
+    api: &Api<K>,
+    obj: &K,
+    ctx: &Context,
+) -> Result<Result<Option<ApprovedChange>, Action>, Error> {
+    let deleting = obj.meta().deletion_timestamp.is_some() && obj.finalizers().iter().any(|f| f == FINALIZER);
+    if !deleting {
+        return Ok(Ok(None));
+    }
+    let approvals = super::approval_inputs(ctx, obj.meta().annotations.as_ref()).await?;
+    match obj.deletion_gate(ctx, &approvals).await? {
+        DeletionGate::Proceed(approved) => Ok(Ok(approved)),
+        DeletionGate::Hold(outcome) => {
+            let previous = obj.current_status();
+            let new = K::status_from(&outcome, previous, obj.meta().generation, &now());
+            status::write(api, obj, previous, &new, ctx).await?;
+            Ok(Err(Action::requeue(outcome.requeue_after.unwrap_or(ctx.resync))))
+        }
+    }
+}
+
+async fn apply<K: Reconciled>(api: &Api<K>, obj: &K, ctx: &Context) -> Result<Action, Error> {
+    let previous = obj.current_status();
+    let approvals = super::approval_inputs(ctx, obj.meta().annotations.as_ref()).await?;
+    let now = now();
+    match obj.reconcile(ctx, &approvals, &now).await {
+        Ok((new, requeue_after)) => {
+            status::write(api, obj, previous, &new, ctx).await?;
+            Ok(Action::requeue(requeue_after.unwrap_or(ctx.resync)))
+        }
+        Err(Error::Reconcile(e)) => {
+            let outcome = countersign_reconcilers::report::unavailable(&e);
+            let new = K::status_from(&outcome, previous, obj.meta().generation, &now);
+            if let Err(write_err) = status::write(api, obj, previous, &new, ctx).await {
+                tracing::warn!(error = %write_err, "could not report the failure in status");
+            }
+            Err(Error::Reconcile(e))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Counts the failure and backs off with jitter.
+pub fn error_policy<K: Reconciled>(obj: Arc<K>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics
+        .errors
+        .get_or_create(&ErrorLabels {
+            kind: K::KIND.into(),
+            reason: error.reason().into(),
+        })
+        .inc();
+    let delay = ctx.backoff.next_delay(&obj.uid().unwrap_or_default());
+    tracing::warn!(kind = K::KIND, object = %obj.name_any(), namespace = obj.namespace(), reason = error.reason(),
+        error = %error, retry_in = ?delay, "reconcile failed");
+    Action::requeue(delay)
+}
+
+/// Logs the end of each reconcile stream item at debug level.
+pub async fn drain<S, T, E>(stream: S)
+where
+    S: futures::Stream<Item = Result<T, E>>,
+    E: std::fmt::Display,
+{
+    use futures::StreamExt;
+    stream
+        .for_each(|res| async move {
+            if let Err(e) = res {
+                tracing::debug!(error = %e, "reconcile failed");
+            }
+        })
+        .await;
+}

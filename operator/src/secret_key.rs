@@ -1,0 +1,34 @@
+//! Loads the operator's encryption key from a Kubernetes Secret.
+
+use crate::Error;
+use countersign_reconcilers::secrets::{KEY_LEN, SecretKey};
+use k8s_openapi::api::core::v1::Secret;
+use kube::Client;
+use kube::api::Api;
+
+/// The key inside the Secret that holds the 32 key bytes.
+pub const DATA_KEY: &str = "key";
+
+/// Reads `namespace/name` and builds the key from its `key` entry.
+pub async fn load(client: &Client, reference: &str) -> Result<SecretKey, Error> {
+    let Some((namespace, name)) = reference.split_once('/') else {
+        return Err(Error::Startup(format!(
+            "--encryption-key-secret {reference:?} must be namespace/name"
+        )));
+    };
+    let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let secret = api
+        .get_opt(name)
+        .await?
+        .ok_or_else(|| Error::Startup(format!("the encryption key Secret {reference} does not exist")))?;
+    let bytes = secret
+        .data
+        .and_then(|mut d| d.remove(DATA_KEY))
+        .ok_or_else(|| Error::Startup(format!("the encryption key Secret {reference} has no key {DATA_KEY:?}")))?;
+    SecretKey::from_bytes(&bytes.0).map_err(|e| {
+        Error::Startup(format!(
+            "the encryption key Secret {reference}: {e} (create it with {KEY_LEN} random bytes, \
+             e.g. `head -c {KEY_LEN} /dev/urandom`)"
+        ))
+    })
+}

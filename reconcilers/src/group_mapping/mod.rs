@@ -1,0 +1,168 @@
+//! The GroupMapping pipeline: resolve → validate → plan → two-person gate →
+//! apply → status.
+
+pub mod apply;
+pub mod plan;
+pub mod resolve;
+pub mod validate;
+
+use crate::approval::{self, ApprovedChange, Gate};
+use crate::outcome::Outcome;
+use crate::report::{self, CONFLICT_REQUEUE, refused, stalled};
+use apply::Attribution;
+use countersign_crds::approval_policy::Operation;
+use countersign_crds::{GroupMapping, annotations};
+use plan::{Cause, Plan};
+use sqlx::PgPool;
+
+pub use crate::report::{DeletionGate, unavailable};
+
+/// The kind name used in ownership records and the audit log.
+pub const KIND: &str = "GroupMapping";
+
+fn annotation<'a>(gm: &'a GroupMapping, key: &str) -> Option<&'a String> {
+    report::annotation(gm.metadata.annotations.as_ref(), key)
+}
+
+fn object_key(gm: &GroupMapping) -> String {
+    format!(
+        "{}/{}",
+        gm.metadata.namespace.as_deref().unwrap_or_default(),
+        gm.metadata.name.as_deref().unwrap_or_default()
+    )
+}
+
+fn subject(gm: &GroupMapping) -> String {
+    format!(
+        "group mapping {:?} → {:?}",
+        gm.spec.group_name,
+        validate::role_name(gm.spec.role)
+    )
+}
+
+fn attribution(gm: &GroupMapping, actor: &str, digest: String, approval: Option<ApprovedChange>) -> Attribution {
+    Attribution {
+        actor: actor.into(),
+        requester: annotation(gm, annotations::REQUESTED_BY).cloned(),
+        uid: gm.metadata.uid.clone().unwrap_or_default(),
+        namespace: gm.metadata.namespace.clone().unwrap_or_default(),
+        name: gm.metadata.name.clone().unwrap_or_default(),
+        digest,
+        approval,
+    }
+}
+
+/// Brings the database in line with the GroupMapping.
+pub async fn reconcile(
+    gm: &GroupMapping,
+    pool: &PgPool,
+    actor: &str,
+    approvals: &approval::Inputs,
+) -> Result<Outcome, crate::Error> {
+    let desired = match validate::validate(&gm.spec) {
+        Ok(d) => d,
+        Err(invalid) => return Ok(stalled("InvalidSpec", invalid.to_string())),
+    };
+    let uid = gm.metadata.uid.clone().unwrap_or_default();
+    let namespace = gm.metadata.namespace.clone().unwrap_or_default();
+    let requester = annotation(gm, annotations::REQUESTED_BY);
+    let digest = crate::digest::change_digest(&uid, requester.map(String::as_str), &gm.spec)?;
+    let provider = desired.provider_name.clone();
+    let group = desired.group_name.clone();
+    let observed = resolve::observe(pool, &uid, &namespace, &provider, &group).await?;
+    let adopt = annotation(gm, annotations::ADOPT).is_some_and(|v| v == "true");
+    let (row_id, values, cause) = match plan::plan(desired, &observed, &digest, adopt) {
+        Plan::WaitForProvider => {
+            return Ok(report::waiting(
+                "WaitingForDependency",
+                format!("spec.identityProviderRef: identity provider {provider:?} is not in the API database yet"),
+            ));
+        }
+        Plan::AlreadyExists { row_id } => {
+            return Ok(refused(
+                "AlreadyExists",
+                format!(
+                    "spec.groupName: group {group:?} of provider {provider:?} is already mapped (id {row_id}) outside \
+                     Countersign; set the annotation {}=\"true\" to adopt it",
+                    annotations::ADOPT
+                ),
+            ));
+        }
+        Plan::Conflict { owner } => {
+            return Ok(Outcome {
+                requeue_after: Some(CONFLICT_REQUEUE),
+                ..refused(
+                    "Conflict",
+                    format!(
+                        "spec.groupName: group {group:?} of provider {provider:?} is already mapped by GroupMapping \
+                         {owner:?}; a group maps to one role per provider"
+                    ),
+                )
+            });
+        }
+        Plan::Noop { row_id } => {
+            let live = report::live(&subject(gm), row_id.to_string(), &digest);
+            return Ok(report::with_approval(live, None, approvals.policy.is_some(), &digest));
+        }
+        Plan::Write { row_id, values, cause } => (row_id, values, cause),
+    };
+    let operation = match cause {
+        Cause::Create => Some(Operation::Create),
+        Cause::SpecChanged | Cause::Adopted => Some(Operation::Update),
+        Cause::DriftCorrected | Cause::RecordDigest => None,
+    };
+    let mut approved = None;
+    let mut approval_applies = approvals.policy.is_some();
+    if let Some(operation) = operation {
+        let change = approval::Change {
+            kind: KIND,
+            object_key: object_key(gm),
+            uid: &uid,
+            annotations: gm.metadata.annotations.as_ref(),
+            operation,
+            digest: &digest,
+            snapshot: serde_json::to_value(&gm.spec)?,
+        };
+        match approval::gate(pool, approvals, change, actor).await? {
+            Gate::NotRequired => approval_applies = false,
+            Gate::Approved(change) => approved = Some(change),
+            Gate::Hold(decision, open_until) => {
+                let not_live = format!("{} is not created", subject(gm));
+                return Ok(report::held(&decision, open_until, &digest, operation, &not_live));
+            }
+        }
+    }
+    let approver = approved.as_ref().map(|a| a.approver.clone());
+    let who = attribution(gm, actor, digest.clone(), approved);
+    let id = apply::write(pool, row_id, &values, cause, &who).await?;
+    let live = report::live(&subject(gm), id.to_string(), &digest);
+    Ok(report::with_approval(live, approver, approval_applies, &digest))
+}
+
+/// Passes the deletion of a GroupMapping through the two-person rule.
+pub async fn deletion_gate(
+    gm: &GroupMapping,
+    pool: &PgPool,
+    actor: &str,
+    approvals: &approval::Inputs,
+) -> Result<DeletionGate, crate::Error> {
+    let deleting = report::Deleting {
+        kind: KIND,
+        object_key: object_key(gm),
+        uid: gm.metadata.uid.as_deref().unwrap_or_default(),
+        annotations: gm.metadata.annotations.as_ref(),
+        spec: serde_json::to_value(&gm.spec)?,
+        subject: subject(gm),
+    };
+    report::deletion_gate(pool, approvals, deleting, actor).await
+}
+
+/// Soft-deletes the row, carrying out an approval when one was needed.
+pub async fn cleanup(
+    gm: &GroupMapping,
+    pool: &PgPool,
+    actor: &str,
+    approved: Option<ApprovedChange>,
+) -> Result<(), crate::Error> {
+    apply::remove(pool, &attribution(gm, actor, String::new(), approved)).await
+}

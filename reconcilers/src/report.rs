@@ -1,0 +1,281 @@
+//! The outcomes every kind's pipeline reports, built the same way so a
+//! condition means the same thing on every kind (DESIGN.md §2). `subject`
+//! is how a message names the object, e.g. `tenant "acme"`.
+
+use crate::approval::{self, ApprovedChange, Decision, Gate};
+use crate::conditions::DesiredCondition;
+use crate::outcome::{Desired, Outcome};
+use countersign_crds::ConditionStatus;
+use countersign_crds::approval_policy::Operation;
+use countersign_crds::status::{APPROVED, READY, RECONCILING, STALLED, SYNCED};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// How often an object waiting on something outside itself looks again.
+pub const WAIT_REQUEUE: Duration = Duration::from_secs(10);
+/// How often a conflicting object checks whether the other claim went away.
+pub const CONFLICT_REQUEUE: Duration = Duration::from_secs(300);
+
+/// A condition to set.
+pub fn cond(
+    type_: &'static str,
+    status: ConditionStatus,
+    reason: &'static str,
+    message: impl Into<String>,
+) -> DesiredCondition {
+    DesiredCondition::new(type_, status, reason, message)
+}
+
+/// Synced=True when the database was only read.
+pub fn database_read() -> DesiredCondition {
+    cond(
+        SYNCED,
+        ConditionStatus::True,
+        "ReconcileSucceeded",
+        "the database was read without error",
+    )
+}
+
+/// The spec is live: the row with `database_id` holds the configuration with `digest`.
+pub fn live(subject: &str, database_id: String, digest: &str) -> Outcome {
+    Outcome {
+        conditions: vec![
+            cond(
+                READY,
+                ConditionStatus::True,
+                "Live",
+                format!("{subject} is live in the API database"),
+            ),
+            cond(
+                SYNCED,
+                ConditionStatus::True,
+                "ReconcileSucceeded",
+                "the database matches the spec",
+            ),
+            cond(RECONCILING, ConditionStatus::False, "Live", ""),
+            cond(STALLED, ConditionStatus::False, "Live", ""),
+        ],
+        live: Desired::Live {
+            database_id,
+            digest: digest.to_string(),
+        },
+        requeue_after: None,
+        pending_digest: Some(None),
+        drop_conditions: Vec::new(),
+    }
+}
+
+/// Waiting for something that should appear by itself (a parent, a tenant,
+/// a provider): nothing was written, and the object looks again soon.
+pub fn waiting(reason: &'static str, message: String) -> Outcome {
+    Outcome {
+        conditions: vec![
+            cond(READY, ConditionStatus::False, reason, message.clone()),
+            database_read(),
+            cond(RECONCILING, ConditionStatus::True, reason, message),
+            cond(STALLED, ConditionStatus::False, reason, ""),
+        ],
+        live: Desired::Unchanged,
+        requeue_after: Some(WAIT_REQUEUE),
+        pending_digest: None,
+        drop_conditions: Vec::new(),
+    }
+}
+
+/// The spec was rejected before reaching the database: a spec change is needed.
+pub fn stalled(reason: &'static str, message: String) -> Outcome {
+    not_live(
+        reason,
+        message,
+        cond(
+            SYNCED,
+            ConditionStatus::False,
+            reason,
+            "the spec was rejected before reaching the database",
+        ),
+        Desired::Unchanged,
+    )
+}
+
+/// The database holds a row this object may not take: nothing was written.
+pub fn refused(reason: &'static str, message: String) -> Outcome {
+    not_live(reason, message, database_read(), Desired::NotLive)
+}
+
+fn not_live(reason: &'static str, message: String, synced: DesiredCondition, live: Desired) -> Outcome {
+    Outcome {
+        conditions: vec![
+            cond(READY, ConditionStatus::False, reason, message.clone()),
+            synced,
+            cond(RECONCILING, ConditionStatus::False, reason, ""),
+            cond(STALLED, ConditionStatus::True, reason, message),
+        ],
+        live,
+        requeue_after: None,
+        pending_digest: None,
+        drop_conditions: Vec::new(),
+    }
+}
+
+/// The outcome when the database cannot be reached: Ready keeps describing
+/// what was last known to be live.
+pub fn unavailable(error: &crate::Error) -> Outcome {
+    Outcome {
+        conditions: vec![
+            cond(SYNCED, ConditionStatus::False, error.reason(), error.public_message()),
+            cond(
+                RECONCILING,
+                ConditionStatus::True,
+                error.reason(),
+                "retrying with back-off",
+            ),
+        ],
+        live: Desired::Unchanged,
+        requeue_after: None,
+        pending_digest: None,
+        drop_conditions: Vec::new(),
+    }
+}
+
+/// The outcome while a change waits behind the two-person rule. For an
+/// update the approved configuration stays live and Ready keeps saying so;
+/// for a create Ready says what is missing, `not_live` describing how the
+/// object is held (not written, or stored pending and not exposed).
+pub fn held(
+    decision: &Decision,
+    open_until: Option<chrono::DateTime<chrono::Utc>>,
+    digest: &str,
+    operation: Operation,
+    not_live: &str,
+) -> Outcome {
+    let approved = approval::condition(decision, digest);
+    let needs_change = matches!(
+        decision,
+        Decision::Rejected { .. } | Decision::Expired | Decision::RequesterUnknown
+    );
+    let mut conditions = vec![
+        approved.clone(),
+        database_read(),
+        cond(
+            RECONCILING,
+            (!needs_change).into(),
+            decision.reason(),
+            approved.message.clone(),
+        ),
+        cond(
+            STALLED,
+            needs_change.into(),
+            decision.reason(),
+            if needs_change {
+                approved.message.clone()
+            } else {
+                String::new()
+            },
+        ),
+    ];
+    if operation == Operation::Create {
+        conditions.push(cond(
+            READY,
+            ConditionStatus::False,
+            decision.reason(),
+            format!("{not_live} until a second person approves: {}", approved.message),
+        ));
+    }
+    Outcome {
+        conditions,
+        live: Desired::Unchanged,
+        requeue_after: approval::recheck_after(decision, open_until, chrono::Utc::now()),
+        pending_digest: Some(Some(digest.to_string())),
+        drop_conditions: Vec::new(),
+    }
+}
+
+/// Adds the Approved condition for a carried-out approval, or drops it when
+/// no policy covers the object any more.
+pub fn with_approval(mut outcome: Outcome, approver: Option<String>, approval_applies: bool, digest: &str) -> Outcome {
+    if let Some(approver) = approver {
+        outcome
+            .conditions
+            .push(approval::condition(&Decision::Approved { approver }, digest));
+    } else if !approval_applies {
+        outcome.drop_conditions.push(APPROVED);
+    }
+    outcome
+}
+
+/// An annotation's value.
+pub fn annotation<'a>(annotations: Option<&'a BTreeMap<String, String>>, key: &str) -> Option<&'a String> {
+    annotations.and_then(|a| a.get(key))
+}
+
+/// Whether a deletion may proceed now.
+#[derive(Clone, Debug)]
+pub enum DeletionGate {
+    /// Remove (or release) the row, carrying this approval if one was needed.
+    Proceed(Option<ApprovedChange>),
+    /// Keep the finalizer: the deletion waits behind the two-person rule.
+    Hold(Outcome),
+}
+
+/// The object a deletion gate looks at.
+#[derive(Clone, Debug)]
+pub struct Deleting<'a> {
+    /// Kind.
+    pub kind: &'static str,
+    /// namespace/name.
+    pub object_key: String,
+    /// uid.
+    pub uid: &'a str,
+    /// The object's annotations.
+    pub annotations: Option<&'a BTreeMap<String, String>>,
+    /// The spec being deleted, as JSON.
+    pub spec: serde_json::Value,
+    /// How messages name the object.
+    pub subject: String,
+}
+
+/// Passes the deletion of an object that manages a row through the
+/// two-person rule. The digest covers the uid, the requester and the spec
+/// being deleted.
+pub async fn deletion_gate(
+    pool: &sqlx::PgPool,
+    approvals: &approval::Inputs,
+    object: Deleting<'_>,
+    actor: &str,
+) -> Result<DeletionGate, crate::Error> {
+    if crate::db::owned_by_object(pool, object.kind, object.uid)
+        .await?
+        .is_none()
+    {
+        return Ok(DeletionGate::Proceed(None));
+    }
+    let requester = annotation(object.annotations, countersign_crds::annotations::REQUESTED_BY);
+    let snapshot = serde_json::json!({ "delete": object.spec });
+    let digest = crate::digest::change_digest(object.uid, requester.map(String::as_str), &snapshot)?;
+    let change = approval::Change {
+        kind: object.kind,
+        object_key: object.object_key,
+        uid: object.uid,
+        annotations: object.annotations,
+        operation: Operation::Delete,
+        digest: &digest,
+        snapshot,
+    };
+    Ok(match approval::gate(pool, approvals, change, actor).await? {
+        Gate::NotRequired => DeletionGate::Proceed(None),
+        Gate::Approved(change) => DeletionGate::Proceed(Some(change)),
+        Gate::Hold(decision, open_until) => {
+            let mut outcome = held(&decision, open_until, &digest, Operation::Delete, &object.subject);
+            outcome.conditions.push(cond(
+                READY,
+                ConditionStatus::True,
+                "DeletionAwaitingApproval",
+                format!(
+                    "{} stays live until a second person approves its deletion",
+                    object.subject
+                ),
+            ));
+            DeletionGate::Hold(outcome)
+        }
+    })
+}
