@@ -6,7 +6,6 @@
 //! the [`OutboundClient`], whose refusals become `errors` entries carrying the reason word.
 //! Nothing here panics on any input.
 
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::outbound::{OutboundClient, OutboundError, safe};
@@ -14,74 +13,43 @@ use crate::outbound::{OutboundClient, OutboundError, safe};
 /// The SAML 2.0 metadata namespace.
 pub const SAML_METADATA_NS: &str = "urn:oasis:names:tc:SAML:2.0:metadata";
 
-/// What the OIDC discovery check found (the reference's `OIDCTestDiscoveryResult`).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct OidcDiscoveryResult {
-    /// `{issuer}/.well-known/openid-configuration` was fetched and is a JSON object.
-    pub discovery_succeeded: bool,
-    /// The `jwks_uri` answered with a JWK Set document (`{"keys": [...]}`).
-    pub jwks_reachable: bool,
-    /// `id_token_signing_alg_values_supported` as advertised.
-    pub supported_alg_values: Vec<String>,
-    /// `authorization_response_iss_parameter_supported` (RFC 9207, mix-up defence).
-    pub iss_param_supported: bool,
-    /// The `issuer` the discovery document declares (cut to 200 characters).
-    pub issuer_echo: Option<String>,
-    /// The `kid`s currently in the JWKS.
-    pub current_kids: Vec<String>,
-    /// Every failed rule, naming the field; empty when the check passed.
-    pub errors: Vec<String>,
-}
+/// What the OIDC discovery check found: the CRD's status type, so the result
+/// goes into `status.discovery` as it is (the reference's `OIDCTestDiscoveryResult`).
+pub type OidcDiscoveryResult = countersign_crds::identity_provider::OidcDiscoveryStatus;
 
-impl OidcDiscoveryResult {
-    fn failed(error: String) -> Self {
-        OidcDiscoveryResult {
-            errors: vec![error],
-            ..OidcDiscoveryResult::default()
-        }
-    }
+/// What the SAML metadata check found (`status.samlMetadata`).
+pub type SamlMetadataResult = countersign_crds::identity_provider::SamlMetadataStatus;
 
-    /// Whether the provider may go live: discovery succeeded, its issuer equals the declared
-    /// one exactly (the issuer mismatch is recorded in `errors`, as every failed rule is), the
-    /// JWKS holds at least one key, and `none` is not an accepted algorithm.
-    pub fn passed(&self) -> bool {
-        self.discovery_succeeded
-            && self.issuer_echo.is_some()
-            && self.jwks_reachable
-            && !self.current_kids.is_empty()
-            && !self.supported_alg_values.iter().any(|alg| is_alg_none(alg))
-            && self.errors.is_empty()
+fn oidc_failed(error: String) -> OidcDiscoveryResult {
+    OidcDiscoveryResult {
+        errors: vec![error],
+        ..OidcDiscoveryResult::default()
     }
 }
 
-/// What the SAML metadata check found.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct SamlMetadataResult {
-    /// The metadata was fetched and parsed as XML.
-    pub metadata_fetched: bool,
-    /// The `entityID` of the metadata's `EntityDescriptor` (cut to 200 characters).
-    pub entity_id_echo: Option<String>,
-    /// The declared SSO URL is a `SingleSignOnService` `Location` of the `IDPSSODescriptor`.
-    pub sso_url_listed: bool,
-    /// Every failed rule, naming the field; empty when the check passed.
-    pub errors: Vec<String>,
+fn saml_failed(error: String) -> SamlMetadataResult {
+    SamlMetadataResult {
+        errors: vec![error],
+        ..SamlMetadataResult::default()
+    }
 }
 
-impl SamlMetadataResult {
-    fn failed(error: String) -> Self {
-        SamlMetadataResult {
-            errors: vec![error],
-            ..SamlMetadataResult::default()
-        }
-    }
+/// Whether the provider may go live: discovery succeeded, its issuer equals the declared
+/// one exactly (the issuer mismatch is recorded in `errors`, as every failed rule is), the
+/// JWKS holds at least one key, and `none` is not an accepted algorithm.
+pub fn oidc_passed(result: &OidcDiscoveryResult) -> bool {
+    result.discovery_succeeded
+        && result.issuer_echo.is_some()
+        && result.jwks_reachable
+        && !result.current_kids.is_empty()
+        && !result.supported_alg_values.iter().any(|alg| is_alg_none(alg))
+        && result.errors.is_empty()
+}
 
-    /// Whether the provider may go live: metadata parsed, its entity ID equals the declared
-    /// one, and it lists the declared SSO URL.
-    pub fn passed(&self) -> bool {
-        self.metadata_fetched && self.entity_id_echo.is_some() && self.sso_url_listed && self.errors.is_empty()
-    }
+/// Whether the provider may go live: metadata parsed, its entity ID equals the declared
+/// one, and it lists the declared SSO URL.
+pub fn saml_passed(result: &SamlMetadataResult) -> bool {
+    result.metadata_fetched && result.entity_id_echo.is_some() && result.sso_url_listed && result.errors.is_empty()
 }
 
 /// JOSE algorithm names are case-sensitive, but no real algorithm spells "none" otherwise, so
@@ -111,13 +79,13 @@ pub fn evaluate_discovery_document(declared_issuer: &str, doc: &[u8]) -> (OidcDi
         Ok(Value::Object(object)) => object,
         Ok(_) => {
             return (
-                OidcDiscoveryResult::failed("discovery: the document is not a JSON object".to_owned()),
+                oidc_failed("discovery: the document is not a JSON object".to_owned()),
                 None,
             );
         }
         Err(err) => {
             return (
-                OidcDiscoveryResult::failed(format!("discovery: not a JSON document: {}", safe(&err.to_string()))),
+                oidc_failed(format!("discovery: not a JSON document: {}", safe(&err.to_string()))),
                 None,
             );
         }
@@ -250,10 +218,10 @@ fn refusal(field: &str, err: &OutboundError) -> String {
 pub async fn check_oidc(client: &OutboundClient, declared_issuer: &str) -> OidcDiscoveryResult {
     let fetched = match client.get(&discovery_url(declared_issuer)).await {
         Ok(fetched) => fetched,
-        Err(err) => return OidcDiscoveryResult::failed(refusal("discovery", &err)),
+        Err(err) => return oidc_failed(refusal("discovery", &err)),
     };
     if !fetched.is_success() {
-        return OidcDiscoveryResult::failed(format!(
+        return oidc_failed(format!(
             "discovery: the IdP answered HTTP {} for /.well-known/openid-configuration",
             fetched.status
         ));
@@ -287,13 +255,13 @@ pub async fn check_oidc(client: &OutboundClient, declared_issuer: &str) -> OidcD
 /// entity expansion attacks cannot apply.
 pub fn evaluate_saml_metadata(declared_entity_id: &str, declared_sso_url: &str, xml: &[u8]) -> SamlMetadataResult {
     let Ok(text) = std::str::from_utf8(xml) else {
-        return SamlMetadataResult::failed("metadata: not UTF-8 text".to_owned());
+        return saml_failed("metadata: not UTF-8 text".to_owned());
     };
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let doc = match roxmltree::Document::parse(text) {
         Ok(doc) => doc,
         Err(err) => {
-            return SamlMetadataResult::failed(format!("metadata: not well-formed XML: {}", safe(&err.to_string())));
+            return saml_failed(format!("metadata: not well-formed XML: {}", safe(&err.to_string())));
         }
     };
     let mut result = SamlMetadataResult {
@@ -396,9 +364,9 @@ pub async fn check_saml(
     declared_sso_url: &str,
 ) -> SamlMetadataResult {
     match client.get(metadata_url).await {
-        Err(err) => SamlMetadataResult::failed(refusal("metadataUrl", &err)),
+        Err(err) => saml_failed(refusal("metadataUrl", &err)),
         Ok(fetched) if !fetched.is_success() => {
-            SamlMetadataResult::failed(format!("metadataUrl: the IdP answered HTTP {}", fetched.status))
+            saml_failed(format!("metadataUrl: the IdP answered HTTP {}", fetched.status))
         }
         Ok(fetched) => evaluate_saml_metadata(declared_entity_id, declared_sso_url, &fetched.body),
     }
@@ -444,8 +412,8 @@ mod tests {
             jwks_uri.as_deref(),
             Some("https://idp.example.com/realms/test/protocol/openid-connect/certs")
         );
-        assert!(!result.passed(), "no JWKS yet");
-        assert!(with_jwks(result, &["k1"]).passed());
+        assert!(!oidc_passed(&result), "no JWKS yet");
+        assert!(oidc_passed(&with_jwks(result, &["k1"])));
     }
 
     #[test]
@@ -465,7 +433,7 @@ mod tests {
                     "issuer: discovery document says {other:?} but spec.oidc.issuer is {ISSUER:?}"
                 )]
             );
-            assert!(!with_jwks(result, &["k1"]).passed(), "{other}");
+            assert!(!oidc_passed(&with_jwks(result, &["k1"])), "{other}");
         }
     }
 
@@ -476,7 +444,7 @@ mod tests {
         let (result, _) = evaluate(&doc);
         assert_eq!(result.issuer_echo, None);
         assert_eq!(result.errors, vec!["issuer: missing from the discovery document"]);
-        assert!(!with_jwks(result, &["k1"]).passed());
+        assert!(!oidc_passed(&with_jwks(result, &["k1"])));
     }
 
     #[test]
@@ -494,10 +462,10 @@ mod tests {
                 result.errors
             );
             let mut cleared = with_jwks(result, &["k1"]);
-            assert!(!cleared.passed());
+            assert!(!oidc_passed(&cleared));
             // passed() refuses `none` on its own, even if errors were cleared.
             cleared.errors.clear();
-            assert!(!cleared.passed());
+            assert!(!oidc_passed(&cleared));
         }
     }
 
@@ -541,7 +509,7 @@ mod tests {
             .remove("authorization_response_iss_parameter_supported");
         let (result, _) = evaluate(&doc);
         assert!(!result.iss_param_supported);
-        assert!(with_jwks(result, &["k1"]).passed());
+        assert!(oidc_passed(&with_jwks(result, &["k1"])));
         let mut doc = good_doc();
         doc["authorization_response_iss_parameter_supported"] = json!("true");
         assert!(!evaluate(&doc).0.iss_param_supported);
@@ -586,7 +554,7 @@ mod tests {
             assert_eq!(jwks_uri, None);
             assert_eq!(result.errors.len(), 1, "{:?}", result.errors);
             assert!(result.errors[0].starts_with("discovery: "), "{:?}", result.errors);
-            assert!(!result.passed());
+            assert!(!oidc_passed(&result));
         }
     }
 
@@ -691,7 +659,7 @@ mod tests {
         for prefix in ["md", "", "saml2md"] {
             let result = evaluate_saml_metadata(ENTITY, SSO, metadata(prefix, ENTITY, SSO).as_bytes());
             assert_eq!(result.errors, Vec::<String>::new(), "prefix {prefix:?}");
-            assert!(result.passed(), "prefix {prefix:?}");
+            assert!(saml_passed(&result), "prefix {prefix:?}");
             assert_eq!(result.entity_id_echo.as_deref(), Some(ENTITY));
         }
     }
@@ -708,7 +676,7 @@ mod tests {
                 "entityID: metadata says \"https://evil.example/idp\" but spec.saml.entityId is {ENTITY:?}"
             )]
         );
-        assert!(!result.passed());
+        assert!(!saml_passed(&result));
     }
 
     #[test]
@@ -726,7 +694,7 @@ mod tests {
             "{:?}",
             result.errors
         );
-        assert!(!result.passed());
+        assert!(!saml_passed(&result));
     }
 
     #[test]
@@ -739,7 +707,7 @@ mod tests {
             "{:?}",
             result.errors
         );
-        assert!(!result.passed());
+        assert!(!saml_passed(&result));
     }
 
     #[test]
@@ -750,9 +718,9 @@ mod tests {
   <md:EntityDescriptor entityID="{ENTITY}"><md:IDPSSODescriptor><md:SingleSignOnService Location="{SSO}"/></md:IDPSSODescriptor></md:EntityDescriptor>
 </md:EntitiesDescriptor>"#
         );
-        assert!(evaluate_saml_metadata(ENTITY, SSO, xml.as_bytes()).passed());
+        assert!(saml_passed(&evaluate_saml_metadata(ENTITY, SSO, xml.as_bytes())));
         let result = evaluate_saml_metadata("https://c.example/idp", SSO, xml.as_bytes());
-        assert!(!result.passed());
+        assert!(!saml_passed(&result));
         assert!(
             result.errors[0].starts_with("entityID: none of the metadata's 2"),
             "{:?}",
@@ -771,7 +739,7 @@ mod tests {
             "{:?}",
             result.errors
         );
-        assert!(!result.passed());
+        assert!(!saml_passed(&result));
     }
 
     #[test]
@@ -789,7 +757,7 @@ mod tests {
             assert!(!result.metadata_fetched, "{body:?}");
             assert_eq!(result.errors.len(), 1);
             assert!(result.errors[0].starts_with("metadata: "), "{:?}", result.errors);
-            assert!(!result.passed());
+            assert!(!saml_passed(&result));
         }
     }
 }

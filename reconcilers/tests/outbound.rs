@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use countersign_e2e::stub_idp::StubIdp;
-use countersign_reconcilers::discovery::{check_oidc, check_saml};
+use countersign_reconcilers::discovery::{check_oidc, check_saml, oidc_passed, saml_passed};
 use countersign_reconcilers::outbound::{
     AddressClass, LookupFuture, NameLookup, OutboundClient, OutboundError, OutboundPolicy, SystemLookup,
 };
@@ -69,7 +69,7 @@ const JWKS_PATH: &str = "/realms/test/protocol/openid-connect/certs";
 async fn discovery_against_the_stub_passes() {
     let stub = stub().await;
     let result = check_oidc(&client(loopback_policy(&stub)), &stub.issuer()).await;
-    assert!(result.passed(), "{result:?}");
+    assert!(oidc_passed(&result), "{result:?}");
     assert!(result.discovery_succeeded && result.jwks_reachable);
     assert_eq!(result.current_kids, vec!["key-1", "key-2"]);
     assert!(result.iss_param_supported);
@@ -84,7 +84,7 @@ async fn issuer_trailing_slash_is_dropped_for_the_url_but_not_the_comparison() {
     let stub = stub().await;
     let result = check_oidc(&client(loopback_policy(&stub)), &format!("{}/", stub.issuer())).await;
     assert!(result.discovery_succeeded, "{result:?}");
-    assert!(!result.passed());
+    assert!(!oidc_passed(&result));
     assert!(result.errors.iter().any(|e| e.starts_with("issuer: ")), "{result:?}");
 }
 
@@ -93,7 +93,7 @@ async fn lying_issuer_fails() {
     let stub = stub().await;
     stub.set(|b| b.issuer_override = Some("https://evil.example.com/realms/test".to_owned()));
     let result = check_oidc(&client(loopback_policy(&stub)), &stub.issuer()).await;
-    assert!(!result.passed());
+    assert!(!oidc_passed(&result));
     assert_eq!(
         result.issuer_echo.as_deref(),
         Some("https://evil.example.com/realms/test")
@@ -112,7 +112,7 @@ async fn alg_none_fails() {
     let stub = stub().await;
     stub.set(|b| b.algs = vec!["RS256".to_owned(), "none".to_owned()]);
     let result = check_oidc(&client(loopback_policy(&stub)), &stub.issuer()).await;
-    assert!(!result.passed());
+    assert!(!oidc_passed(&result));
     assert!(result.jwks_reachable, "{result:?}");
     assert!(
         result.errors.iter().any(|e| e.contains("includes \"none\"")),
@@ -125,7 +125,7 @@ async fn empty_jwks_fails() {
     let stub = stub().await;
     stub.set(|b| b.jwks_keys.clear());
     let result = check_oidc(&client(loopback_policy(&stub)), &stub.issuer()).await;
-    assert!(!result.passed());
+    assert!(!oidc_passed(&result));
     assert!(result.jwks_reachable);
     assert!(result.current_kids.is_empty());
     assert_eq!(result.errors, vec!["jwks_uri: no keys"]);
@@ -136,7 +136,7 @@ async fn jwks_error_status_fails() {
     let stub = stub().await;
     stub.set(|b| b.jwks_status = 503);
     let result = check_oidc(&client(loopback_policy(&stub)), &stub.issuer()).await;
-    assert!(!result.passed());
+    assert!(!oidc_passed(&result));
     assert!(!result.jwks_reachable);
     assert_eq!(result.errors, vec!["jwks_uri: the IdP answered HTTP 503"]);
 }
@@ -147,7 +147,7 @@ async fn discovery_error_status_fails() {
     stub.set(|b| b.discovery_status = 500);
     let result = check_oidc(&client(loopback_policy(&stub)), &stub.issuer()).await;
     assert!(!result.discovery_succeeded);
-    assert!(!result.passed());
+    assert!(!oidc_passed(&result));
     assert_eq!(result.errors.len(), 1);
     assert!(result.errors[0].contains("HTTP 500"), "{result:?}");
     assert_eq!(stub.hits(JWKS_PATH), 0);
@@ -166,7 +166,7 @@ async fn jwks_uri_goes_through_the_same_policy() {
     ] {
         stub.set(|b| b.jwks_uri_override = Some(uri.clone()));
         let result = check_oidc(&client, &stub.issuer()).await;
-        assert!(!result.passed());
+        assert!(!oidc_passed(&result));
         assert!(!result.jwks_reachable);
         assert_eq!(result.errors.len(), 1, "{result:?}");
         assert!(
@@ -230,7 +230,7 @@ async fn a_name_resolving_to_loopback_is_refused_after_resolution() {
 
     // Allowed, the same name works: the vetted addresses are the ones connected to.
     let result = check_oidc(&client(loopback_policy(&stub)), &stub.localhost_issuer()).await;
-    assert!(result.passed(), "{result:?}");
+    assert!(oidc_passed(&result), "{result:?}");
 }
 
 #[tokio::test]
@@ -321,7 +321,7 @@ async fn the_test_lookup_is_what_the_client_connects_with() {
         .with_lookup(lookup.clone())
         .expect("client with the test lookup");
     let result = check_oidc(&client, &stub.localhost_issuer()).await;
-    assert!(result.passed(), "{result:?}");
+    assert!(oidc_passed(&result), "{result:?}");
     assert!(lookup.lookups.load(Ordering::SeqCst) >= 1);
 }
 
@@ -486,7 +486,7 @@ async fn saml_metadata_matches() {
         &stub.sso_url(),
     )
     .await;
-    assert!(result.passed(), "{result:?}");
+    assert!(saml_passed(&result), "{result:?}");
     assert_eq!(result.entity_id_echo, Some(stub.saml_entity_id()));
     assert!(result.sso_url_listed);
 }
@@ -497,7 +497,7 @@ async fn saml_entity_id_override_fails() {
     stub.set(|b| b.saml_entity_id_override = Some("https://evil.example/idp".to_owned()));
     let client = client(loopback_policy(&stub));
     let result = check_saml(&client, &stub.metadata_url(), &stub.saml_entity_id(), &stub.sso_url()).await;
-    assert!(!result.passed());
+    assert!(!saml_passed(&result));
     assert!(result.metadata_fetched);
     assert_eq!(result.entity_id_echo.as_deref(), Some("https://evil.example/idp"));
     assert!(result.errors[0].starts_with("entityID: metadata says"), "{result:?}");
@@ -516,7 +516,7 @@ async fn saml_metadata_url_is_policed() {
         ..OutboundPolicy::default()
     });
     let result = check_saml(&strict, &stub.metadata_url(), &stub.saml_entity_id(), &stub.sso_url()).await;
-    assert!(!result.passed());
+    assert!(!saml_passed(&result));
     assert!(
         result.errors[0].starts_with("metadataUrl: AddressNotAllowed: "),
         "{result:?}"

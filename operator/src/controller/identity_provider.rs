@@ -38,19 +38,7 @@ struct Checks<'a>(Option<&'a OutboundClient>);
 impl ProviderChecks for Checks<'_> {
     async fn oidc(&self, issuer: &str) -> OidcDiscoveryStatus {
         match self.0 {
-            Some(client) => {
-                let r = discovery::check_oidc(client, issuer).await;
-                OidcDiscoveryStatus {
-                    observed_generation: None,
-                    discovery_succeeded: r.discovery_succeeded,
-                    jwks_reachable: r.jwks_reachable,
-                    supported_alg_values: r.supported_alg_values,
-                    iss_param_supported: r.iss_param_supported,
-                    issuer_echo: r.issuer_echo,
-                    current_kids: r.current_kids,
-                    errors: r.errors,
-                }
-            }
+            Some(client) => discovery::check_oidc(client, issuer).await,
             None => OidcDiscoveryStatus {
                 errors: vec!["the operator has no outbound client configured".into()],
                 ..Default::default()
@@ -60,16 +48,7 @@ impl ProviderChecks for Checks<'_> {
 
     async fn saml(&self, metadata_url: &str, entity_id: &str, sso_url: &str) -> SamlMetadataStatus {
         match self.0 {
-            Some(client) => {
-                let r = discovery::check_saml(client, metadata_url, entity_id, sso_url).await;
-                SamlMetadataStatus {
-                    observed_generation: None,
-                    metadata_fetched: r.metadata_fetched,
-                    entity_id_echo: r.entity_id_echo,
-                    sso_url_listed: r.sso_url_listed,
-                    errors: r.errors,
-                }
-            }
+            Some(client) => discovery::check_saml(client, metadata_url, entity_id, sso_url).await,
             None => SamlMetadataStatus {
                 errors: vec!["the operator has no outbound client configured".into()],
                 ..Default::default()

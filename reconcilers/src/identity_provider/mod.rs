@@ -77,16 +77,6 @@ pub trait ProviderChecks: Sync {
     ) -> impl Future<Output = SamlMetadataStatus> + Send;
 }
 
-/// Whether a check result passed.
-pub fn oidc_passed(d: &OidcDiscoveryStatus) -> bool {
-    d.discovery_succeeded && d.jwks_reachable && d.errors.is_empty()
-}
-
-/// Whether a SAML check result passed.
-pub fn saml_passed(s: &SamlMetadataStatus) -> bool {
-    s.metadata_fetched && s.sso_url_listed && s.errors.is_empty()
-}
-
 /// What one reconcile needs besides the object and the database.
 pub struct Inputs<'a, C> {
     /// The two-person rule's inputs.
@@ -288,7 +278,7 @@ pub async fn reconcile<C: ProviderChecks>(
         let failed = match &w.values.idp.protocol {
             Protocol::Oidc(o) => {
                 let result = inputs.checks.oidc(&o.issuer_url).await;
-                let failed = (!oidc_passed(&result)).then(|| result.errors.join("; "));
+                let failed = (!crate::discovery::oidc_passed(&result)).then(|| result.errors.join("; "));
                 checked.discovery = Some(OidcDiscoveryStatus {
                     observed_generation: idp.metadata.generation,
                     ..result
@@ -297,7 +287,7 @@ pub async fn reconcile<C: ProviderChecks>(
             }
             Protocol::Saml(s) => {
                 let result = inputs.checks.saml(&s.metadata_url, &s.entity_id, &s.sso_url).await;
-                let failed = (!saml_passed(&result)).then(|| result.errors.join("; "));
+                let failed = (!crate::discovery::saml_passed(&result)).then(|| result.errors.join("; "));
                 checked.saml_metadata = Some(SamlMetadataStatus {
                     observed_generation: idp.metadata.generation,
                     ..result
