@@ -61,6 +61,9 @@ pub mod annotations {
     pub const REJECTED_REASON: &str = "countersign.dev/rejected-reason";
     /// Set to "true" to let this object take over a row made outside the operator.
     pub const ADOPT: &str = "countersign.dev/adopt";
+    /// Set to a new value to rotate an operator-generated secret (e.g. a
+    /// webhook signing secret): each distinct value rotates once.
+    pub const ROTATE_SECRET: &str = "countersign.dev/rotate-secret";
 }
 
 /// Every CRD in install order (the kinds others reference come first), each

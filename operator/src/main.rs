@@ -73,6 +73,16 @@ enum Command {
         /// A PEM file of CA certificates trusted for outbound calls besides the system roots.
         #[arg(long, env = "COUNTERSIGN_OUTBOUND_CA_FILE")]
         outbound_ca_file: Option<std::path::PathBuf>,
+        /// The ConfigMap (namespace/name) of trusted license-signing keys: each
+        /// key is a key ID, each value a base64 Ed25519 public key (32 bytes).
+        #[arg(long, env = "COUNTERSIGN_LICENSE_KEYRING")]
+        license_keyring: Option<String>,
+        /// The vendor every license grant's commercial chain must start with.
+        #[arg(long, env = "COUNTERSIGN_LICENSE_VENDOR")]
+        license_vendor: Option<String>,
+        /// The platform operator every license grant's commercial chain must end with.
+        #[arg(long, env = "COUNTERSIGN_LICENSE_OPERATOR")]
+        license_operator: Option<String>,
     },
     /// Apply pending schema migrations to the API database.
     Migrate,
@@ -135,6 +145,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             outbound_allow_loopback,
             outbound_allow_private,
             outbound_ca_file,
+            license_keyring,
+            license_vendor,
+            license_operator,
         } => {
             let leader_election = leader_elect.then(|| LeaderElection {
                 namespace: leader_election_namespace,
@@ -168,6 +181,14 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 extra_roots_pem,
                 ..Default::default()
             };
+            let licensing = countersign_operator::controller::Licensing {
+                keyring: match license_keyring {
+                    Some(reference) => countersign_operator::secret_key::load_keyring(&client, &reference).await?,
+                    None => Default::default(),
+                },
+                vendor: license_vendor,
+                operator: license_operator,
+            };
             countersign_operator::run(
                 client,
                 pool,
@@ -180,6 +201,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                     leader_election,
                     secret_key,
                     outbound,
+                    licensing,
                 },
             )
             .await?;

@@ -40,6 +40,8 @@ pub struct RunOptions {
     pub secret_key: Option<Arc<countersign_reconcilers::secrets::SecretKey>>,
     /// Where outbound calls may go.
     pub outbound: countersign_reconcilers::outbound::OutboundPolicy,
+    /// The license keyring and the ends of the commercial chain.
+    pub licensing: controller::Licensing,
 }
 
 /// Where and as whom to take part in leader election.
@@ -196,6 +198,7 @@ pub async fn start(client: Client, pool: PgPool, options: RunOptions) -> Result<
         policies,
         secret_key: options.secret_key.clone(),
         outbound: Some(outbound),
+        licensing: Arc::new(options.licensing.clone()),
     });
     let server_task = tokio::spawn(async move {
         if let Err(e) = server.await {
@@ -237,12 +240,17 @@ pub async fn start(client: Client, pool: PgPool, options: RunOptions) -> Result<
                     None => std::future::pending().await,
                 }
             };
-            let controller = futures::future::join4(
-                controller::tenant::run(ctx.clone(), selector.clone(), policy_changed(), wait_stop()),
-                controller::identity_provider::run(ctx.clone(), selector.clone(), policy_changed(), wait_stop()),
-                controller::group_mapping::run(ctx.clone(), selector, policy_changed(), wait_stop()),
-                controller::approval_policy::run(ctx, wait_stop()),
-            );
+            let controller = async {
+                futures::join!(
+                    controller::tenant::run(ctx.clone(), selector.clone(), policy_changed(), wait_stop()),
+                    controller::identity_provider::run(ctx.clone(), selector.clone(), policy_changed(), wait_stop()),
+                    controller::group_mapping::run(ctx.clone(), selector.clone(), policy_changed(), wait_stop()),
+                    controller::webhook_subscription::run(ctx.clone(), selector.clone(), policy_changed(), wait_stop()),
+                    controller::fronting_link::run(ctx.clone(), selector.clone(), policy_changed(), wait_stop()),
+                    controller::license_grant::run(ctx.clone(), selector, policy_changed(), wait_stop()),
+                    controller::approval_policy::run(ctx, wait_stop()),
+                );
+            };
             tokio::pin!(controller);
             tokio::select! {
                 _ = &mut controller => {}

@@ -12,14 +12,17 @@ pub mod db;
 pub mod digest;
 pub mod discovery;
 pub mod error;
+pub mod fronting_link;
 pub mod group_mapping;
 pub mod identity_provider;
+pub mod license_grant;
 pub mod outbound;
 pub mod outcome;
 pub mod report;
 pub mod secrets;
 pub mod tenant;
 pub mod validation;
+pub mod webhook_subscription;
 
 pub use error::Error;
 pub use outcome::{Desired, Outcome};

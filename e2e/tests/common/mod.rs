@@ -106,6 +106,7 @@ pub async fn operator_with(
         leader_election: None,
         secret_key: Some(std::sync::Arc::new(test_key())),
         outbound: Default::default(),
+        licensing: Default::default(),
     };
     adjust(&mut options);
     Ok(start(client.clone(), pool.clone(), options).await?)

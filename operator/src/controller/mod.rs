@@ -4,11 +4,14 @@
 
 pub mod approval_policy;
 pub mod backoff;
+pub mod fronting_link;
 pub mod group_mapping;
 pub mod identity_provider;
+pub mod license_grant;
 pub mod shell;
 pub mod status;
 pub mod tenant;
+pub mod webhook_subscription;
 
 use crate::metrics::Metrics;
 use backoff::Backoff;
@@ -47,6 +50,19 @@ pub struct Context {
     pub secret_key: Option<Arc<countersign_reconcilers::secrets::SecretKey>>,
     /// The one client for every outbound call, under the outbound policy.
     pub outbound: Option<countersign_reconcilers::outbound::OutboundClient>,
+    /// What license grants are checked against.
+    pub licensing: Arc<Licensing>,
+}
+
+/// What license grants are checked against (DESIGN.md §1, reference 000).
+#[derive(Clone, Debug, Default)]
+pub struct Licensing {
+    /// Trusted Ed25519 public keys (32 raw bytes each) by key ID.
+    pub keyring: std::collections::BTreeMap<String, Vec<u8>>,
+    /// The vendor every commercial chain must start with; None accepts none.
+    pub vendor: Option<String>,
+    /// The platform operator every commercial chain must end with; None accepts none.
+    pub operator: Option<String>,
 }
 
 /// The objects whose status shows a digest awaiting approval, exported as
