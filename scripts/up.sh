@@ -67,6 +67,12 @@ sed -e "s#https://login.acme.example/v2.0#$DEV_IDP_ISSUER#" \
     -e "s#ssoUrl: .*#ssoUrl: $DEV_IDP_SSO_URL#" \
     examples/20-identity-provider.yaml | kubectl apply -f -
 kubectl wait --for=condition=Ready identityproviders,groupmappings --all -A --timeout=120s >/dev/null || true
+echo "==> registering two platform resources (the platform's own rows) and applying the example FrontingLink"
+psql -q "$DATABASE_URL" -c "INSERT INTO platform_resources (slug, name, scopes) VALUES
+  ('portal', 'Customer portal', '{billing.read}'),
+  ('billing-api', 'Billing API', '{invoices.read,payments.read}')"
+kubectl apply -f examples/40-fronting-link.yaml
+kubectl wait --for=condition=Ready frontinglinks --all --timeout=60s >/dev/null || true
 
 echo
 kubectl get tenants -o wide
@@ -78,11 +84,13 @@ psql "$DATABASE_URL" -c "SELECT slug, name, status, deleted_at FROM tenants ORDE
 echo
 kubectl get identityproviders,groupmappings -A -o wide
 echo
+kubectl get frontinglinks -o wide
+echo
 psql "$DATABASE_URL" -c "SELECT name, protocol, status, issuer_url IS NOT NULL AS oidc, client_secret_ref IS NOT NULL AS sealed_secret FROM identity_providers ORDER BY name"
 psql "$DATABASE_URL" -c "SELECT name FROM public_identity_providers ORDER BY name"
 
 if $once; then
-  not_ready=$(kubectl get tenants,identityproviders,groupmappings -A -o jsonpath='{range .items[*]}{.kind}/{.metadata.name}={.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}' | grep -v '=True$' || true)
+  not_ready=$(kubectl get tenants,identityproviders,groupmappings,frontinglinks -A -o jsonpath='{range .items[*]}{.kind}/{.metadata.name}={.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}' | grep -v '=True$' || true)
   if [ -n "$not_ready" ]; then
     echo "not Ready: $not_ready" >&2
     cat "$state/operator.log" >&2

@@ -544,3 +544,81 @@ async fn a_new_identity_provider_stays_pending_and_hidden_until_a_second_admin_a
     stack.op.shutdown().await;
     Ok(())
 }
+
+#[tokio::test]
+async fn a_fronting_link_under_a_policy_is_written_only_once_a_second_person_approves() -> anyhow::Result<()> {
+    use countersign_crds::FrontingLink;
+    let stack = Stack::start().await?;
+    common::apply_yaml(
+        &stack.admin,
+        &format!(
+            "apiVersion: platform.countersign.dev/v1alpha1\nkind: ApprovalPolicy\nmetadata: {{name: links}}\n\
+             spec:\n  rules: [{{kinds: [FrontingLink], operations: [create, update, delete]}}]\n  \
+             gitopsServiceAccounts: ['{GITOPS}']\n"
+        ),
+    )
+    .await?;
+    for (slug, scope) in [("gw", "gw:read"), ("api", "api:read")] {
+        sqlx::query("INSERT INTO platform_resources (slug, name, scopes) VALUES ($1, $1, ARRAY[$2])")
+            .bind(slug)
+            .bind(scope)
+            .execute(&stack.pool)
+            .await?;
+    }
+    let name = unique_name("front");
+    let link: FrontingLink = serde_json::from_value(json!({
+        "apiVersion": "platform.countersign.dev/v1alpha1", "kind": "FrontingLink",
+        "metadata": {"name": name, "labels": {common::TEST_LABEL: stack.run},
+                     "annotations": {"countersign.dev/requested-by": "carol"}},
+        "spec": {"sourceSlug": "gw", "targetSlug": "api", "scopeMap": {"gw:read": ["api:read"]}},
+    }))?;
+    Api::<FrontingLink>::all(stack.cp.client_as(GITOPS, &["system:serviceaccounts"]).await?)
+        .create(&PostParams::default(), &link)
+        .await?;
+    let links: Api<FrontingLink> = Api::all(stack.admin.clone());
+    let has = |l: &FrontingLink, t: &str, s: &str, r: &str| {
+        common::status_has(l.status.as_ref(), l.metadata.generation, t, s, r)
+    };
+    let waiting = common::wait_for(
+        "the link to await approval",
+        async || Ok(links.get_opt(&name).await?),
+        |l| has(l, "Approved", "False", "AwaitingApproval"),
+    )
+    .await?;
+    let rows = || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM fronting_links WHERE deleted_at IS NULL")
+            .fetch_one(&stack.pool)
+            .await
+    };
+    assert_eq!(rows().await?, 0, "not written while it waits");
+    let digest = waiting
+        .status
+        .as_ref()
+        .and_then(|s| s.pending_digest.clone())
+        .expect("pending digest");
+    Api::<FrontingLink>::all(stack.cp.client_as("bob", &[EDITORS, APPROVERS]).await?)
+        .patch(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": {
+                "countersign.dev/approved-by": "bob", "countersign.dev/approved-digest": digest}}})),
+        )
+        .await?;
+    common::wait_for(
+        "the link to go live",
+        async || Ok(links.get_opt(&name).await?),
+        |l| has(l, "Ready", "True", "Live") && has(l, "Approved", "True", "Approved"),
+    )
+    .await?;
+    assert_eq!(rows().await?, 1);
+    let (requester, approver): (Option<String>, Option<String>) =
+        sqlx::query_as("SELECT requester, approver FROM audit_log WHERE kind = 'FrontingLink' AND action = 'create'")
+            .fetch_one(&stack.pool)
+            .await?;
+    assert_eq!(
+        (requester.as_deref(), approver.as_deref()),
+        (Some("carol"), Some("bob"))
+    );
+    stack.op.shutdown().await;
+    Ok(())
+}

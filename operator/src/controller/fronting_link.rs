@@ -1,14 +1,84 @@
-//! The FrontingLink controller.
+//! The FrontingLink controller. Platform resources live only in the
+//! database, which has no watch: links are looked at again on resync.
 
 use super::Context;
+use super::shell::{self, Reconciled};
+use super::status::WithStatus;
+use crate::Error;
+use countersign_crds::{FrontingLink, ResourceStatus};
+use countersign_reconcilers::Outcome;
+use countersign_reconcilers::approval::{ApprovedChange, Inputs};
+use countersign_reconcilers::fronting_link as pipeline;
+use countersign_reconcilers::report::DeletionGate;
+use kube::api::Api;
+use kube::runtime::controller::Controller;
 use std::sync::Arc;
+use std::time::Duration;
+
+impl WithStatus for FrontingLink {
+    type Status = ResourceStatus;
+
+    fn common(status: &ResourceStatus) -> &ResourceStatus {
+        status
+    }
+}
+
+impl Reconciled for FrontingLink {
+    const KIND: &'static str = pipeline::KIND;
+
+    fn api(&self, client: kube::Client) -> Api<Self> {
+        Api::all(client)
+    }
+
+    fn current_status(&self) -> Option<&ResourceStatus> {
+        self.status.as_ref()
+    }
+
+    fn status_from(
+        outcome: &Outcome,
+        previous: Option<&ResourceStatus>,
+        generation: Option<i64>,
+        now: &str,
+    ) -> ResourceStatus {
+        outcome.status(previous, generation, now)
+    }
+
+    async fn reconcile(
+        &self,
+        ctx: &Context,
+        approvals: &Inputs,
+        now: &str,
+    ) -> Result<(ResourceStatus, Option<Duration>), Error> {
+        let outcome = pipeline::reconcile(self, &ctx.pool, &ctx.actor, approvals).await?;
+        let status = outcome.status(self.status.as_ref(), self.metadata.generation, now);
+        Ok((status, outcome.requeue_after))
+    }
+
+    async fn deletion_gate(&self, ctx: &Context, approvals: &Inputs) -> Result<DeletionGate, Error> {
+        Ok(pipeline::deletion_gate(self, &ctx.pool, &ctx.actor, approvals).await?)
+    }
+
+    async fn cleanup(&self, ctx: &Context, approved: Option<ApprovedChange>) -> Result<Result<(), Outcome>, Error> {
+        pipeline::cleanup(self, &ctx.pool, &ctx.actor, approved).await?;
+        Ok(Ok(()))
+    }
+}
 
 /// Runs the FrontingLink controller until `shutdown` resolves.
 pub async fn run(
-    _ctx: Arc<Context>,
-    _selector: Option<String>,
-    _policy_changed: impl futures::Stream<Item = ()> + Send + 'static,
+    ctx: Arc<Context>,
+    selector: Option<String>,
+    policy_changed: impl futures::Stream<Item = ()> + Send + 'static,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
-    shutdown.await;
+    let api: Api<FrontingLink> = Api::all(ctx.client.clone());
+    let controller = Controller::new(api, super::watch_config(selector.as_deref()))
+        .reconcile_all_on(policy_changed)
+        .graceful_shutdown_on(shutdown)
+        .run(
+            shell::reconcile::<FrontingLink>,
+            shell::error_policy::<FrontingLink>,
+            ctx,
+        );
+    shell::drain(controller).await;
 }

@@ -1,0 +1,107 @@
+//! Writes a FrontingLink plan in one transaction with its audit entry.
+
+use super::KIND;
+use super::plan::{Cause, Values};
+use crate::approval::{self, ApprovedChange};
+use crate::audit::{self, Entry};
+use crate::db::{self, Ownership};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+/// Who and what a write is attributed to.
+#[derive(Clone, Debug)]
+pub struct Attribution {
+    /// The operator's identity.
+    pub actor: String,
+    /// The requested-by annotation.
+    pub requester: Option<String>,
+    /// uid.
+    pub uid: String,
+    /// Name (the kind is cluster-scoped).
+    pub name: String,
+    /// Digest written.
+    pub digest: String,
+    /// The approval this write carries out.
+    pub approval: Option<ApprovedChange>,
+}
+
+/// Inserts or updates the link row. Returns its id.
+pub async fn write(
+    pool: &PgPool,
+    row_id: Option<Uuid>,
+    values: &Values,
+    cause: Cause,
+    who: &Attribution,
+) -> Result<Uuid, crate::Error> {
+    let mut tx = pool.begin().await?;
+    let id: Uuid = match row_id {
+        None => {
+            // The object may still own a row the platform deleted behind its back.
+            sqlx::query("DELETE FROM managed_objects WHERE kind = $1 AND object_uid = $2")
+                .bind(KIND)
+                .bind(&who.uid)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query_scalar(
+                "INSERT INTO fronting_links (source_resource_id, target_resource_id, scope_map)
+                 VALUES ($1, $2, $3) RETURNING id",
+            )
+            .bind(values.source_resource_id)
+            .bind(values.target_resource_id)
+            .bind(&values.scope_map)
+            .fetch_one(&mut *tx)
+            .await?
+        }
+        Some(id) => {
+            sqlx::query_scalar(
+                "UPDATE fronting_links SET scope_map = $1, updated_at = now()
+                  WHERE id = $2 AND deleted_at IS NULL RETURNING id",
+            )
+            .bind(&values.scope_map)
+            .bind(id)
+            .fetch_one(&mut *tx)
+            .await?
+        }
+    };
+    let owner = Ownership {
+        row_id: id,
+        object_uid: who.uid.clone(),
+        object_ns: String::new(),
+        object_name: who.name.clone(),
+        digest: who.digest.clone(),
+    };
+    db::record_ownership(&mut tx, KIND, &owner, cause == Cause::Adopted).await?;
+    let mut entry = Entry::now(KIND, &who.name, cause.action(), &who.actor);
+    entry.row_id = Some(id);
+    entry.requester = who.requester.clone();
+    entry.digest = Some(who.digest.clone());
+    approval::carry_out(&mut tx, who.approval.as_ref(), &mut entry).await?;
+    audit::append(&mut tx, &entry).await?;
+    tx.commit().await?;
+    Ok(id)
+}
+
+/// Soft-deletes the link this object manages.
+pub async fn remove(pool: &PgPool, who: &Attribution) -> Result<(), crate::Error> {
+    let mut tx = pool.begin().await?;
+    let Some(owner) = db::owned_by_object(&mut *tx, KIND, &who.uid).await? else {
+        return Ok(());
+    };
+    sqlx::query(
+        "UPDATE fronting_links SET deleted_at = now(), deleted_by = $2, updated_at = now()
+          WHERE id = $1 AND deleted_at IS NULL",
+    )
+    .bind(owner.row_id)
+    .bind(&who.actor)
+    .execute(&mut *tx)
+    .await?;
+    db::release_ownership(&mut tx, KIND, owner.row_id).await?;
+    let mut entry = Entry::now(KIND, &who.name, "delete", &who.actor);
+    entry.row_id = Some(owner.row_id);
+    entry.requester = who.requester.clone();
+    entry.digest = Some(owner.digest);
+    approval::carry_out(&mut tx, who.approval.as_ref(), &mut entry).await?;
+    audit::append(&mut tx, &entry).await?;
+    tx.commit().await?;
+    Ok(())
+}
