@@ -89,6 +89,13 @@ pub struct Inputs<'a, C> {
     pub checks: &'a C,
 }
 
+/// The check results of one reconcile, if the checks ran.
+#[derive(Default)]
+struct Checked {
+    discovery: Option<OidcDiscoveryStatus>,
+    saml_metadata: Option<SamlMetadataStatus>,
+}
+
 /// The result of one reconcile: the shared outcome plus the IdP's own status.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Report {
@@ -273,7 +280,8 @@ pub async fn reconcile<C: ProviderChecks>(
         Plan::Write(w) => *w,
     };
     // Check the provider before a new configuration can reach anyone.
-    let mut checked = Report::from(report::live(&subject(&name), String::new(), &digest));
+    // What the checks found; carried into every report from here on.
+    let mut checked = Checked::default();
     if w.cause.changes_configuration() {
         let failed = match &w.values.idp.protocol {
             Protocol::Oidc(o) => {
@@ -319,7 +327,8 @@ pub async fn reconcile<C: ProviderChecks>(
                     drop_conditions: Vec::new(),
                 },
                 secret_fingerprint: Some(stored_fp),
-                ..checked
+                discovery: checked.discovery.clone(),
+                saml_metadata: checked.saml_metadata.clone(),
             });
         }
     }
@@ -360,7 +369,8 @@ pub async fn reconcile<C: ProviderChecks>(
                     return Ok(Report {
                         outcome: held,
                         secret_fingerprint: Some(stored_fp),
-                        ..checked
+                        discovery: checked.discovery.clone(),
+                        saml_metadata: checked.saml_metadata.clone(),
                     });
                 }
                 status = PENDING_APPROVAL;
@@ -395,14 +405,16 @@ pub async fn reconcile<C: ProviderChecks>(
             return Ok(Report {
                 outcome: report::with_approval(live, approver, approval_applies, &digest),
                 secret_fingerprint: Some(written_fp),
-                ..checked
+                discovery: checked.discovery.clone(),
+                saml_metadata: checked.saml_metadata.clone(),
             });
         }
     }
     Ok(Report {
         outcome: hold.unwrap_or_else(|| report::live(&subject(&name), String::new(), &digest)),
         secret_fingerprint: Some(written_fp),
-        ..checked
+        discovery: checked.discovery.clone(),
+        saml_metadata: checked.saml_metadata.clone(),
     })
 }
 
