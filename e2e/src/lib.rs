@@ -12,6 +12,8 @@
 //! - [`free_port`] and [`unique_name`].
 //! - [`stub_idp::StubIdp`]: a local HTTPS OIDC/SAML identity provider whose answers a test can
 //!   change, for the operator's outbound checks.
+//! - [`webhook_receiver::WebhookReceiver`]: a local HTTPS endpoint that checks and records signed
+//!   webhook deliveries.
 //!
 //! Child processes die and temp dirs are removed when the owning value is dropped, and — via
 //! watchdog processes — also when the test process exits without running destructors.
@@ -19,10 +21,12 @@
 
 pub mod certs;
 mod controlplane;
+mod loopback_tls;
 mod ports;
 mod postgres;
 mod process;
 pub mod stub_idp;
+pub mod webhook_receiver;
 
 use std::future::Future;
 use std::sync::OnceLock;

@@ -14,27 +14,18 @@
 //! in memory; dropping the value stops the server and closes its connections.
 
 use std::collections::HashMap;
-use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use anyhow::Context;
 use axum::Router;
 use axum::body::Body;
 use axum::http::{HeaderMap, Response, StatusCode, Uri, header};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use hyper_util::rt::TokioIo;
-use hyper_util::service::TowerToHyperService;
-use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose,
-};
-use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use serde_json::{Value, json};
-use tokio::net::TcpListener;
-use tokio::task::{JoinHandle, JoinSet};
-use tokio_rustls::TlsAcceptor;
+use tokio::task::JoinHandle;
+
+use crate::loopback_tls::{bind_loopback, serve, tls_acceptor};
 
 /// The realm path, as Keycloak lays out its issuers.
 const REALM_PATH: &str = "/realms/test";
@@ -43,8 +34,6 @@ const JWKS_PATH: &str = "/realms/test/protocol/openid-connect/certs";
 const METADATA_PATH: &str = "/saml/metadata";
 const SSO_PATH: &str = "/saml/sso";
 const ENTITY_PATH: &str = "/saml/idp";
-/// A client that connects and never finishes the handshake must not keep a task forever.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What the stub answers; [`Default`] is a healthy IdP. Change it while the stub runs with
 /// [`StubIdp::set`].
@@ -175,11 +164,8 @@ impl StubIdp {
     ///
     /// Must be called inside a tokio runtime; the server runs on it until the value is dropped.
     pub async fn start() -> anyhow::Result<StubIdp> {
-        let (ca_pem, acceptor) = tls_acceptor()?;
-        let listener = TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
-            .await
-            .context("binding the stub IdP's port")?;
-        let port = listener.local_addr().context("stub IdP's local address")?.port();
+        let (ca_pem, acceptor) = tls_acceptor("countersign-stub-idp")?;
+        let (listener, port) = bind_loopback("stub IdP").await?;
         let shared = Shared {
             state: Arc::new(Mutex::new(State::default())),
             port,
@@ -262,81 +248,6 @@ impl Drop for StubIdp {
         // The server task owns the listener and every connection task (JoinSet), so aborting
         // it closes them all.
         self.server.abort();
-    }
-}
-
-fn distinguished_name(common_name: &str) -> DistinguishedName {
-    let mut dn = DistinguishedName::new();
-    dn.push(DnType::CommonName, common_name);
-    dn
-}
-
-/// A fresh CA (returned as PEM) and an acceptor serving a certificate it issued for
-/// `localhost` and `127.0.0.1`.
-fn tls_acceptor() -> anyhow::Result<(String, TlsAcceptor)> {
-    let ca_key = KeyPair::generate().context("generating the stub CA key")?;
-    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
-    ca_params.distinguished_name = distinguished_name("countersign-stub-idp-ca");
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    ca_params.not_before = rcgen::date_time_ymd(2000, 1, 1);
-    ca_params.not_after = rcgen::date_time_ymd(2099, 12, 31);
-    let ca_cert = ca_params.self_signed(&ca_key).context("self-signing the stub CA")?;
-    let ca_pem = ca_cert.pem();
-    let issuer = Issuer::new(ca_params, ca_key);
-
-    let key = KeyPair::generate().context("generating the stub serving key")?;
-    let mut params = CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
-        .context("stub serving certificate names")?;
-    params.distinguished_name = distinguished_name("countersign-stub-idp");
-    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    params.use_authority_key_identifier_extension = true;
-    params.not_before = rcgen::date_time_ymd(2000, 1, 1);
-    params.not_after = rcgen::date_time_ymd(2099, 12, 31);
-    let cert = params
-        .signed_by(&key, &issuer)
-        .context("signing the stub serving certificate")?;
-
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .context("stub TLS protocol versions")?
-        .with_no_client_auth()
-        .with_single_cert(
-            vec![cert.der().clone()],
-            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
-        )
-        .context("stub TLS server configuration")?;
-    Ok((ca_pem, TlsAcceptor::from(Arc::new(config))))
-}
-
-/// Accepts connections until aborted; handshakes run in their own tasks so one stalled client
-/// cannot hold up the others.
-async fn serve(listener: TcpListener, acceptor: TlsAcceptor, app: Router) {
-    let mut connections = JoinSet::new();
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let Ok((tcp, _peer)) = accepted else {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                };
-                let acceptor = acceptor.clone();
-                let service = TowerToHyperService::new(app.clone());
-                connections.spawn(async move {
-                    // Clients that refuse our certificate end here; that is expected in tests.
-                    let Ok(Ok(tls)) = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await else {
-                        return;
-                    };
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(tls), service)
-                        .await;
-                });
-            }
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
-        }
     }
 }
 

@@ -478,7 +478,8 @@ pub fn recheck_after(
 }
 
 /// Marks the approved change request approved inside the write's
-/// transaction and names the approver in the write's audit entry.
+/// transaction, names the approver in the write's audit entry and adds the
+/// change request to its detail.
 pub async fn carry_out(
     tx: &mut Transaction<'_, Postgres>,
     approved: Option<&ApprovedChange>,
@@ -488,7 +489,13 @@ pub async fn carry_out(
         let request = record(tx, &approved.request).await?;
         settle(tx, request.id, "approved", Some(&approved.approver), None).await?;
         entry.approver = Some(approved.approver.clone());
-        entry.detail = serde_json::json!({"change_request": request.id});
+        // Added to whatever the write's own entry says, never replacing it.
+        match &mut entry.detail {
+            serde_json::Value::Object(detail) => {
+                detail.insert("change_request".into(), serde_json::json!(request.id));
+            }
+            other => *other = serde_json::json!({"change_request": request.id}),
+        }
     }
     Ok(())
 }

@@ -323,12 +323,8 @@ pub async fn remove(pool: &PgPool, mode: RemovalMode, who: &Attribution) -> Resu
     entry.row_id = Some(owner.row_id);
     entry.requester = who.requester.clone();
     entry.digest = Some(owner.digest);
+    entry.detail = detail;
     approval::carry_out(&mut tx, who.approval.as_ref(), &mut entry).await?;
-    if let serde_json::Value::Object(extra) = detail {
-        for (k, v) in extra {
-            entry.detail[k] = v;
-        }
-    }
     audit::append(&mut tx, &entry).await?;
     tx.commit().await?;
     Ok(Removal::Done)
