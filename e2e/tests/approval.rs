@@ -396,7 +396,7 @@ async fn a_new_identity_provider_stays_pending_and_hidden_until_a_second_admin_a
         &stack.admin,
         &format!(
             "apiVersion: platform.countersign.dev/v1alpha1\nkind: ApprovalPolicy\nmetadata: {{name: identity}}\n\
-             spec:\n  rules: [{{kinds: [IdentityProvider], operations: [create, update, delete]}}]\n  \
+             spec:\n  rules: [{{kinds: [IdentityProvider, GroupMapping], operations: [create, update, delete]}}]\n  \
              gitopsServiceAccounts: ['{GITOPS}']\n"
         ),
     )
@@ -541,6 +541,69 @@ async fn a_new_identity_provider_stays_pending_and_hidden_until_a_second_admin_a
             ("activate".into(), Some("carol".into()), Some("bob".into()))
         ]
     );
+
+    // A group mapping for the provider, under the same policy: not written
+    // until someone other than its requester approves.
+    use countersign_crds::GroupMapping;
+    let mapping: GroupMapping = serde_json::from_value(json!({
+        "apiVersion": "platform.countersign.dev/v1alpha1", "kind": "GroupMapping",
+        "metadata": {"name": "admins", "namespace": ns, "labels": {common::TEST_LABEL: stack.run},
+                     "annotations": {"countersign.dev/requested-by": "carol"}},
+        "spec": {"identityProviderRef": {"name": "sso"}, "groupName": "acme-admins", "role": "PLATFORM_ADMIN"},
+    }))?;
+    Api::<GroupMapping>::namespaced(stack.cp.client_as(GITOPS, &["system:serviceaccounts"]).await?, &ns)
+        .create(&PostParams::default(), &mapping)
+        .await?;
+    let mappings: Api<GroupMapping> = Api::namespaced(stack.admin.clone(), &ns);
+    let waiting = common::wait_for(
+        "the mapping to await approval",
+        async || Ok(mappings.get_opt("admins").await?),
+        |m| {
+            common::status_has(
+                m.status.as_ref(),
+                m.metadata.generation,
+                "Approved",
+                "False",
+                "AwaitingApproval",
+            )
+        },
+    )
+    .await?;
+    let mapping_rows = || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM group_mappings WHERE deleted_at IS NULL")
+            .fetch_one(&stack.pool)
+            .await
+    };
+    assert_eq!(
+        mapping_rows().await?,
+        0,
+        "a PLATFORM_ADMIN mapping is not written while it waits"
+    );
+    let digest = waiting
+        .status
+        .as_ref()
+        .and_then(|s| s.pending_digest.clone())
+        .expect("pending digest");
+    Api::<GroupMapping>::namespaced(stack.cp.client_as("bob", &[EDITORS, APPROVERS]).await?, &ns)
+        .patch(
+            "admins",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": {
+                "countersign.dev/approved-by": "bob", "countersign.dev/approved-digest": digest}}})),
+        )
+        .await?;
+    common::wait_for(
+        "the mapping to go live",
+        async || Ok(mappings.get_opt("admins").await?),
+        |m| common::status_has(m.status.as_ref(), m.metadata.generation, "Ready", "True", "Live"),
+    )
+    .await?;
+    assert_eq!(mapping_rows().await?, 1);
+    let approver: Option<String> =
+        sqlx::query_scalar("SELECT approver FROM audit_log WHERE kind = 'GroupMapping' AND action = 'create'")
+            .fetch_one(&stack.pool)
+            .await?;
+    assert_eq!(approver.as_deref(), Some("bob"));
     stack.op.shutdown().await;
     Ok(())
 }
