@@ -8,6 +8,7 @@ ensure_prerequisites() {
   ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || missing+=(postgresql)
   command -v psql >/dev/null 2>&1 || missing+=(postgresql-client)
   command -v setpriv >/dev/null 2>&1 || missing+=(util-linux)
+  command -v openssl >/dev/null 2>&1 || missing+=(openssl)
   if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ]; then
       echo "==> installing ${missing[*]} from Debian's packages"

@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Brings up the whole system locally: a kube-apiserver + etcd built from their
-# Go modules, PostgreSQL, a local HTTPS identity provider, the schema
-# migrations, the CRDs, the operator and the examples (Tenants, identity
-# providers, group mappings); then shows them with their conditions.
+# Go modules, PostgreSQL, a local HTTPS identity provider and webhook
+# receiver, the schema migrations, the CRDs, the operator and the examples
+# (Tenants, identity providers, group mappings, webhook subscriptions, a
+# fronting link, license grants signed with a throwaway vendor key); then
+# shows them with their conditions and the rows they produced. Nothing leaves
+# the machine, and every key it makes lives in a temporary directory.
 #
 #   scripts/up.sh          keep the stack running until Ctrl-C
 #   scripts/up.sh --once   show the result and tear everything down
@@ -51,11 +54,26 @@ echo "==> creating the operator's encryption key Secret"
 kubectl create namespace countersign-system >/dev/null
 kubectl -n countersign-system create secret generic countersign-encryption-key \
   --from-file=key=<(head -c 32 /dev/urandom) >/dev/null
+echo "==> making a throwaway vendor key and the operator's license keyring ConfigMap"
+# A real vendor keeps its private key to itself; the demo plays the vendor
+# with a key made for this run only, in the temporary state directory. The
+# keyring holds the raw 32-byte public key (the last 32 bytes of its DER
+# form) under the key ID examples/50-license-grant.yaml names.
+openssl genpkey -algorithm ed25519 -out "$state/vendor-key.pem"
+vendor_public_key=$(openssl pkey -in "$state/vendor-key.pem" -pubout -outform DER | tail -c 32 | base64)
+kubectl -n countersign-system create configmap countersign-license-keyring \
+  --from-literal=exaion-2026="$vendor_public_key" >/dev/null
 echo "==> starting the operator"
-# Loopback is allowed only because the demo identity provider runs on it.
+# Loopback is allowed only because the demo identity provider and webhook
+# receiver run on it; each has its own throwaway CA, and the operator trusts
+# both. The commercial chain of every grant must run from the vendor to this
+# platform's operator, as the example grants' chains do.
 countersign run --health-addr 127.0.0.1:0 \
   --encryption-key-secret countersign-system/countersign-encryption-key \
-  --outbound-allow-loopback --outbound-ca-file "$DEV_IDP_CA_FILE" >"$state/operator.log" 2>&1 &
+  --outbound-allow-loopback \
+  --outbound-ca-file "$DEV_IDP_CA_FILE" --outbound-ca-file "$DEV_WEBHOOK_CA_FILE" \
+  --license-keyring countersign-system/countersign-license-keyring \
+  --license-vendor Exaion --license-operator "Acme Corporation" >"$state/operator.log" 2>&1 &
 pids+=($!)
 echo "==> applying the example namespaces and Tenants"
 kubectl apply -f examples/00-namespaces.yaml -f examples/10-tenants.yaml
@@ -67,12 +85,35 @@ sed -e "s#https://login.acme.example/v2.0#$DEV_IDP_ISSUER#" \
     -e "s#ssoUrl: .*#ssoUrl: $DEV_IDP_SSO_URL#" \
     examples/20-identity-provider.yaml | kubectl apply -f -
 kubectl wait --for=condition=Ready identityproviders,groupmappings --all -A --timeout=120s >/dev/null || true
+echo "==> applying the example webhook subscriptions (pointed at the local receiver)"
+# A URL is subscribed once per tenant, so each subscription gets its own path.
+sed -e "s#https://hooks.acme.example/wipe#$DEV_WEBHOOK_URL/wipe#" \
+    -e "s#https://audit.acme.example/countersign#$DEV_WEBHOOK_URL/audit#" \
+    examples/30-webhook-subscription.yaml | kubectl apply -f -
+kubectl wait --for=condition=Ready webhooksubscriptions --all -A --timeout=120s >/dev/null || true
+# acme-certificates asks for a signed test delivery (spec.verify); the
+# receiver checks it with the secret the operator generated.
+kubectl -n team-acme wait --for=condition=Verified webhooksubscription/acme-certificates --timeout=60s >/dev/null || true
 echo "==> registering two platform resources (the platform's own rows) and applying the example FrontingLink"
 psql -q "$DATABASE_URL" -c "INSERT INTO platform_resources (slug, name, scopes) VALUES
   ('portal', 'Customer portal', '{billing.read}'),
   ('billing-api', 'Billing API', '{invoices.read,payments.read}')"
 kubectl apply -f examples/40-fronting-link.yaml
 kubectl wait --for=condition=Ready frontinglinks --all --timeout=60s >/dev/null || true
+echo "==> signing the example LicenseGrants with the throwaway vendor key and applying them"
+# The operator prints the exact bytes a vendor signs for each grant; openssl
+# signs them (raw Ed25519). Each signature replaces its own grant's
+# placeholder in a copy of the example: sed edits from the grant's name line
+# to its signature value line.
+countersign license canonical examples/50-license-grant.yaml --out-dir "$state/grants" >/dev/null
+sign=()
+for canonical in "$state"/grants/*.bin; do
+  grant=$(basename "$canonical" .bin)
+  signature=$(openssl pkeyutl -sign -inkey "$state/vendor-key.pem" -rawin -in "$canonical" | base64 -w0)
+  sign+=(-e "/^  name: $grant\$/,/^    value: /s#^    value: .*#    value: $signature#")
+done
+sed "${sign[@]}" examples/50-license-grant.yaml | kubectl apply -f -
+kubectl wait --for=condition=Ready licensegrants --all --timeout=60s >/dev/null || true
 
 echo
 kubectl get tenants -o wide
@@ -88,11 +129,32 @@ kubectl get frontinglinks -o wide
 echo
 psql "$DATABASE_URL" -c "SELECT name, protocol, status, issuer_url IS NOT NULL AS oidc, client_secret_ref IS NOT NULL AS sealed_secret FROM identity_providers ORDER BY name"
 psql "$DATABASE_URL" -c "SELECT name FROM public_identity_providers ORDER BY name"
+echo
+kubectl get webhooksubscriptions -A -o wide
+echo
+kubectl get webhooksubscriptions -A -o custom-columns='NAMESPACE:.metadata.namespace,NAME:.metadata.name,VERIFIED:.status.conditions[?(@.type=="Verified")].status,REASON:.status.conditions[?(@.type=="Verified")].reason,HTTP:.status.verification.statusCode,DELIVERY:.status.verification.deliveryId,MESSAGE:.status.conditions[?(@.type=="Verified")].message'
+echo
+# secret_ref points at the sealed signing secret: show that it is there, never what it holds.
+psql "$DATABASE_URL" -c "SELECT t.slug AS tenant, w.url, w.events, w.active, w.secret_ref IS NOT NULL AS sealed_secret
+  FROM webhook_subscriptions w JOIN tenants t ON t.id = w.tenant_id WHERE w.deleted_at IS NULL ORDER BY w.url"
+echo "Deliveries the local webhook receiver checked ($(wc -l <"$DEV_WEBHOOK_LOG")):"
+cat "$DEV_WEBHOOK_LOG"
+echo
+kubectl get licensegrants -o wide
+echo
+psql "$DATABASE_URL" -c "SELECT t.slug AS tenant, q.license_type, q.quantity
+  FROM license_quotas q JOIN tenants t ON t.id = q.tenant_id ORDER BY t.slug, q.license_type"
 
 if $once; then
-  not_ready=$(kubectl get tenants,identityproviders,groupmappings,frontinglinks -A -o jsonpath='{range .items[*]}{.kind}/{.metadata.name}={.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}' | grep -v '=True$' || true)
-  if [ -n "$not_ready" ]; then
-    echo "not Ready: $not_ready" >&2
+  # Every object applied above must be Ready, and a subscription that asked
+  # for a test delivery must have had it accepted (Verified).
+  not_ready=$(kubectl get tenants,identityproviders,groupmappings,frontinglinks,webhooksubscriptions,licensegrants -A \
+    -o jsonpath='{range .items[*]}{.kind}/{.metadata.name}={.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}' | grep -v '=True$' || true)
+  not_verified=$(kubectl get webhooksubscriptions -A \
+    -o jsonpath='{range .items[?(@.spec.verify==true)]}{.kind}/{.metadata.name}={.status.conditions[?(@.type=="Verified")].status}{"\n"}{end}' | grep -v '=True$' || true)
+  if [ -n "$not_ready$not_verified" ]; then
+    [ -z "$not_ready" ] || echo "not Ready: $not_ready" >&2
+    [ -z "$not_verified" ] || echo "not Verified: $not_verified" >&2
     cat "$state/operator.log" >&2
     exit 1
   fi
@@ -104,6 +166,7 @@ The stack is running. In another shell:
   source $state/env; export PATH="$bin_dir:$target/debug:\$PATH"
   kubectl get tenants        # then edit examples/10-tenants.yaml and kubectl apply it
 Operator log: $state/operator.log
+Webhook deliveries the local receiver checked: $DEV_WEBHOOK_LOG
 Press Ctrl-C to stop and clean up.
 MSG
 wait "${pids[1]}"

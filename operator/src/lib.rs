@@ -5,6 +5,7 @@ pub mod controller;
 pub mod error;
 pub mod guard;
 pub mod health;
+pub mod license;
 pub mod metrics;
 pub mod run;
 pub mod secret_key;

@@ -3,7 +3,9 @@
 use clap::{Parser, Subcommand};
 use countersign_operator::RunOptions;
 use countersign_operator::run::LeaderElection;
+use std::io::{Read as _, Write as _};
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 /// Countersign: reconciles platform admin objects from Kubernetes into the API database.
@@ -24,6 +26,20 @@ struct Cli {
 #[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
+    #[command(flatten)]
+    Database(DatabaseCommand),
+    /// License grant tools (no database or cluster needed).
+    License {
+        #[command(subcommand)]
+        command: LicenseCommand,
+    },
+}
+
+/// The commands that work on the API database.
+// Parsed once at start-up; boxing the big variant would buy nothing.
+#[allow(clippy::large_enum_variant)]
+#[derive(Subcommand)]
+enum DatabaseCommand {
     /// Run the controllers (kubeconfig from KUBECONFIG or in-cluster).
     Run {
         /// Address of /healthz, /readyz and /metrics.
@@ -70,9 +86,10 @@ enum Command {
         /// Link-local and cloud-metadata addresses stay refused.
         #[arg(long, env = "COUNTERSIGN_OUTBOUND_ALLOW_PRIVATE")]
         outbound_allow_private: bool,
-        /// A PEM file of CA certificates trusted for outbound calls besides the system roots.
+        /// A PEM file of CA certificates trusted for outbound calls besides the
+        /// system roots; repeat for several files.
         #[arg(long, env = "COUNTERSIGN_OUTBOUND_CA_FILE")]
-        outbound_ca_file: Option<std::path::PathBuf>,
+        outbound_ca_file: Vec<PathBuf>,
         /// The ConfigMap (namespace/name) of trusted license-signing keys: each
         /// key is a key ID, each value a base64 Ed25519 public key (32 bytes).
         #[arg(long, env = "COUNTERSIGN_LICENSE_KEYRING")]
@@ -92,6 +109,23 @@ enum Command {
     VerifyAudit,
 }
 
+#[derive(Subcommand)]
+enum LicenseCommand {
+    /// Print the exact bytes a vendor signs (Ed25519) for a LicenseGrant manifest:
+    /// the only grant in FILE, or the one named by --name; with --out-dir, write
+    /// every grant's bytes to DIR/<name>.bin and print the paths.
+    Canonical {
+        /// A YAML file of one or more documents (`-` for standard input); other kinds are skipped.
+        file: PathBuf,
+        /// The metadata.name of the grant to print, when the file has several.
+        #[arg(long, conflicts_with = "out_dir")]
+        name: Option<String>,
+        /// Write each grant's bytes to DIR/<metadata.name>.bin instead (DIR is created).
+        #[arg(long, value_name = "DIR")]
+        out_dir: Option<PathBuf>,
+    },
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -106,21 +140,31 @@ async fn main() -> ExitCode {
 }
 
 async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
-    let url = cli
-        .database_url
-        .ok_or_else(|| anyhow::anyhow!("no database: set --database-url or DATABASE_URL"))?;
-    let pool = countersign_reconcilers::db::connect(&url).await?;
     match cli.command {
-        Command::Migrate => {
+        Command::License {
+            command: LicenseCommand::Canonical { file, name, out_dir },
+        } => {
+            license_canonical(&file, name.as_deref(), out_dir.as_deref())?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Database(command) => with_database(cli.database_url, command).await,
+    }
+}
+
+async fn with_database(database_url: Option<String>, command: DatabaseCommand) -> anyhow::Result<ExitCode> {
+    let url = database_url.ok_or_else(|| anyhow::anyhow!("no database: set --database-url or DATABASE_URL"))?;
+    let pool = countersign_reconcilers::db::connect(&url).await?;
+    match command {
+        DatabaseCommand::Migrate => {
             countersign_reconcilers::db::migrate(&pool).await?;
             let version = countersign_reconcilers::db::check_schema(&pool).await?;
             println!("API database at schema version {version}");
         }
-        Command::CheckSchema => {
+        DatabaseCommand::CheckSchema => {
             let version = countersign_reconcilers::db::check_schema(&pool).await?;
             println!("API database at schema version {version}, as this build expects");
         }
-        Command::VerifyAudit => {
+        DatabaseCommand::VerifyAudit => {
             let v = countersign_reconcilers::audit::verify(&pool).await?;
             match v.broken {
                 None => println!("audit chain intact: {} entries verified", v.entries),
@@ -130,7 +174,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             }
         }
-        Command::Run {
+        DatabaseCommand::Run {
             health_addr,
             selector,
             actor,
@@ -167,13 +211,13 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 )),
                 None => None,
             };
-            let extra_roots_pem = match outbound_ca_file {
-                Some(path) => vec![
-                    std::fs::read_to_string(&path)
-                        .map_err(|e| anyhow::anyhow!("cannot read --outbound-ca-file {}: {e}", path.display()))?,
-                ],
-                None => Vec::new(),
-            };
+            let extra_roots_pem = outbound_ca_file
+                .iter()
+                .map(|path| {
+                    std::fs::read_to_string(path)
+                        .map_err(|e| anyhow::anyhow!("cannot read --outbound-ca-file {}: {e}", path.display()))
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
             let outbound = countersign_reconcilers::outbound::OutboundPolicy {
                 allowed_hosts: outbound_allow_host,
                 allow_loopback: outbound_allow_loopback,
@@ -208,6 +252,34 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `countersign license canonical`: see [`countersign_operator::license`].
+fn license_canonical(file: &Path, name: Option<&str>, out_dir: Option<&Path>) -> anyhow::Result<()> {
+    let yaml = if file == Path::new("-") {
+        let mut text = String::new();
+        std::io::stdin().read_to_string(&mut text)?;
+        text
+    } else {
+        std::fs::read_to_string(file).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?
+    };
+    let grants = countersign_operator::license::canonical_documents(&yaml)?;
+    let mut stdout = std::io::stdout().lock();
+    match out_dir {
+        Some(dir) => {
+            std::fs::create_dir_all(dir).map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
+            for grant in grants {
+                let path = dir.join(format!("{}.bin", grant.name));
+                std::fs::write(&path, &grant.bytes)
+                    .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
+                writeln!(stdout, "{}", path.display())?;
+            }
+        }
+        // Exactly the signed bytes: no trailing newline.
+        None => stdout.write_all(&countersign_operator::license::select(grants, name)?.bytes)?,
+    }
+    stdout.flush()?;
+    Ok(())
 }
 
 fn init_tracing(json: bool) {

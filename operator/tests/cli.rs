@@ -56,3 +56,58 @@ async fn migrate_check_schema_and_verify_audit() -> anyhow::Result<()> {
     assert!(!ok && text.contains("audit chain broken at seq 1"), "{text}");
     Ok(())
 }
+
+/// `countersign license canonical` without a database or kubeconfig.
+fn license_canonical(args: &[&str]) -> (bool, Vec<u8>, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_countersign"))
+        .args(["license", "canonical"])
+        .args(args)
+        .env_remove("DATABASE_URL")
+        .env_remove("KUBECONFIG")
+        .output()
+        .expect("the binary runs");
+    (
+        out.status.success(),
+        out.stdout,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn license_canonical_prints_what_the_readme_says_the_vendor_signs() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let example = root.join("examples/50-license-grant.yaml");
+    let example = example.to_str().expect("UTF-8 path");
+    let (ok, stdout, stderr) = license_canonical(&[example, "--name", "acme-wipe-seats"]);
+    assert!(ok, "{stderr}");
+    // The README quotes the signed bytes of this grant; they must stay true.
+    let readme = std::fs::read_to_string(root.join("README.md")).expect("README");
+    let quoted = readme
+        .lines()
+        .find(|l| l.starts_with(r#"{"addendumOf":null,"#))
+        .expect("the README quotes the signed bytes");
+    assert_eq!(String::from_utf8(stdout).expect("UTF-8"), quoted);
+
+    // Several grants and no choice: an error naming them.
+    let (ok, _, stderr) = license_canonical(&[example]);
+    assert!(
+        !ok && stderr.contains("acme-wipe-seats, acme-wipe-seats-more"),
+        "{stderr}"
+    );
+
+    // --out-dir: one file per grant, the paths on stdout.
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("canonical-{}", std::process::id()));
+    let (ok, stdout, stderr) = license_canonical(&[example, "--out-dir", dir.to_str().expect("UTF-8 path")]);
+    assert!(ok, "{stderr}");
+    let listed: Vec<String> = String::from_utf8(stdout)
+        .expect("UTF-8")
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(listed.len(), 2, "{listed:?}");
+    let first = std::fs::read_to_string(dir.join("acme-wipe-seats.bin")).expect("written");
+    assert_eq!(first, quoted);
+    let second = std::fs::read_to_string(dir.join("acme-wipe-seats-more.bin")).expect("written");
+    assert!(second.contains(r#""grantType":"ADDENDUM""#), "{second}");
+    std::fs::remove_dir_all(&dir).expect("cleaned up");
+}

@@ -171,7 +171,7 @@ pub(crate) mod tests {
 
     #[test]
     fn the_canonical_encoding_is_pinned() {
-        // The exact bytes a vendor must sign for the example grant. If this
+        // The exact bytes a vendor must sign for this fixture grant. If this
         // changes, every signed grant in the field stops verifying.
         let expected = concat!(
             r#"{"addendumOf":null,"commercialChain":["Exaion","Acme Reseller","Acme Corporation"],"#,
