@@ -478,7 +478,19 @@ impl OutboundError {
         }
     }
 
-    /// Whether retrying later may succeed without a change to the URL or the policy.
+    /// Whether the policy refused the URL itself: only a change of the URL or
+    /// of the policy can help.
+    pub fn is_policy_refusal(&self) -> bool {
+        matches!(
+            self,
+            OutboundError::InvalidUrl { .. }
+                | OutboundError::InsecureUrl { .. }
+                | OutboundError::HostNotAllowed { .. }
+                | OutboundError::AddressNotAllowed { .. }
+        )
+    }
+
+    /// Whether retrying later can succeed without a change (the network, not the policy).
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
@@ -588,6 +600,7 @@ pub struct OutboundClient {
 
 struct Inner {
     policy: Arc<OutboundPolicy>,
+    lookup: Arc<dyn NameLookup>,
     tls: rustls::ClientConfig,
     /// Follows up to [`MAX_REDIRECTS`] vetted redirects.
     get: reqwest::Client,
@@ -649,13 +662,33 @@ impl OutboundClient {
         let get = http_client(&policy, &lookup, &tls, redirect_policy)?;
         let post = http_client(&policy, &lookup, &tls, redirect::Policy::none())?;
         Ok(OutboundClient {
-            inner: Arc::new(Inner { policy, tls, get, post }),
+            inner: Arc::new(Inner {
+                policy,
+                lookup,
+                tls,
+                get,
+                post,
+            }),
         })
     }
 
     /// The policy this client enforces.
     pub fn policy(&self) -> &OutboundPolicy {
         &self.inner.policy
+    }
+
+    /// Judges `url` as a request to it would be judged, name resolution
+    /// included, without connecting: for URLs stored for someone else to
+    /// call later (a webhook endpoint), so a refused address is reported
+    /// when it is declared.
+    pub async fn vet(&self, url: &str) -> Result<(), OutboundError> {
+        let parsed = self.inner.policy.check_url(url)?;
+        let host = parsed.host_str().unwrap_or_default();
+        // IP literals were judged by check_url; names are judged by what they resolve to.
+        if normalise_host(host).parse::<IpAddr>().is_err() {
+            vet_name(&self.inner.policy, self.inner.lookup.as_ref(), host).await?;
+        }
+        Ok(())
     }
 
     /// GET `url`, following up to [`MAX_REDIRECTS`] vetted redirects.

@@ -289,6 +289,37 @@ async fn a_name_resolving_to_the_metadata_endpoint_is_refused() {
     );
     assert!(!err.to_string().contains("security-credentials"), "{err}");
     assert_eq!(lookup.lookups.load(Ordering::SeqCst), 1);
+    // vet() judges a URL stored for later (a webhook endpoint) the same way, without connecting.
+    let vetted = client
+        .vet("https://metadata.internal.test/hook")
+        .await
+        .expect_err("refused");
+    assert!(
+        vetted.is_policy_refusal() && vetted.reason() == "AddressNotAllowed",
+        "{vetted}"
+    );
+    assert_eq!(lookup.lookups.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn vet_passes_a_public_name_and_leaves_unresolvable_names_to_the_caller() {
+    let lookup = Arc::new(MapLookup::with("hooks.public.test", &[v4(93, 184, 215, 14)]));
+    let client = client(OutboundPolicy::default())
+        .with_lookup(lookup)
+        .expect("client with the test lookup");
+    assert_eq!(client.vet("https://hooks.public.test/x").await, Ok(()));
+    let unresolved = client
+        .vet("https://nowhere.public.test/x")
+        .await
+        .expect_err("does not resolve");
+    assert!(
+        !unresolved.is_policy_refusal() && unresolved.is_transient(),
+        "{unresolved}"
+    );
+    let literal = client.vet("https://127.0.0.1/x").await.expect_err("loopback literal");
+    assert!(literal.is_policy_refusal(), "{literal}");
+    let plain = client.vet("http://hooks.public.test/x").await.expect_err("plain http");
+    assert_eq!(plain.reason(), "InsecureUrl");
 }
 
 #[tokio::test]

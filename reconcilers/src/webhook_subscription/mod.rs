@@ -308,6 +308,22 @@ pub async fn reconcile(
         }
         Plan::Write(w) => *w,
     };
+    // The platform calls this URL later; a URL the outbound policy refuses
+    // (scheme, allowlist, or a name resolving to an internal address) is
+    // refused when declared, not only when a test delivery is asked for.
+    // A name that does not resolve from here is not judged: the platform's
+    // network may see it.
+    if matches!(w.cause, Cause::Create | Cause::SpecChanged | Cause::Adopted)
+        && let Some(client) = inputs.outbound
+        && let Err(refusal) = client.vet(&ws.spec.url).await
+        && refusal.is_policy_refusal()
+    {
+        return Ok(stalled(
+            "OutboundRefused",
+            format!("spec.url: {}: {refusal}; nothing was written", refusal.reason()),
+        )
+        .into());
+    }
     let operation = match w.cause {
         Cause::Create => Some(Operation::Create),
         Cause::SpecChanged | Cause::Adopted => Some(Operation::Update),
