@@ -605,7 +605,28 @@ async fn a_provider_cannot_attach_to_a_tenant_that_does_not_list_its_namespace()
             )?,
         )
         .await?;
-    w.wait_idp("w", "live", live).await?;
+    let was_live = w.wait_idp("w", "live", live).await?;
+    let database_id = was_live.status.as_ref().and_then(|s| s.common.database_id.clone());
+
+    // The tenant stops allowing the namespace: the provider says so, and
+    // still reports the row it wrote, which stays as it was.
+    Api::<Tenant>::all(w.client.clone())
+        .patch(
+            &later,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"allowedNamespaces": []}})),
+        )
+        .await?;
+    let revoked = w
+        .wait_idp("w", "TenantNotPermitted", |i| {
+            idp_has(i, "Ready", "False", "TenantNotPermitted")
+        })
+        .await?;
+    assert!(message(revoked.status.as_ref(), "Ready").contains("stays as it was"));
+    assert_eq!(
+        revoked.status.as_ref().and_then(|s| s.common.database_id.clone()),
+        database_id
+    );
     w.op.shutdown().await;
     Ok(())
 }

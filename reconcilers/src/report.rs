@@ -117,6 +117,30 @@ fn not_live(reason: &'static str, message: String, synced: DesiredCondition, liv
     }
 }
 
+/// The tenant's live row does not list the object's namespace. Nothing is
+/// written; a row this object wrote while the namespace was allowed is left
+/// as it was and still reported (status keeps its id), so the object never
+/// claims that something is gone which is not.
+pub fn not_permitted(tenant_slug: &str, namespace: &str, existing_row: Option<uuid::Uuid>) -> Outcome {
+    let message = format!(
+        "spec.tenantRef: tenant {tenant_slug:?} does not list namespace {namespace:?} in spec.allowedNamespaces; \
+         nothing was written"
+    );
+    match existing_row {
+        None => refused("TenantNotPermitted", message),
+        Some(id) => Outcome {
+            live: Desired::Unchanged,
+            ..refused(
+                "TenantNotPermitted",
+                format!(
+                    "{message}; the row written while the namespace was allowed (id {id}) stays as it was until \
+                     the tenant allows the namespace again or this object is deleted"
+                ),
+            )
+        },
+    }
+}
+
 /// The outcome when the database cannot be reached: Ready keeps describing
 /// what was last known to be live.
 pub fn unavailable(error: &crate::Error) -> Outcome {

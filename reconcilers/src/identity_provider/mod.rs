@@ -235,14 +235,8 @@ pub async fn reconcile<C: ProviderChecks>(
             .into());
         }
         Plan::NotPermitted { tenant_slug } => {
-            return Ok(refused(
-                "TenantNotPermitted",
-                format!(
-                    "spec.tenantRef: tenant {tenant_slug:?} does not list namespace {namespace:?} in \
-                     spec.allowedNamespaces; nothing was written"
-                ),
-            )
-            .into());
+            let existing = observed.ours.as_ref().map(|(row, _)| row.id);
+            return Ok(report::not_permitted(&tenant_slug, &namespace, existing).into());
         }
         Plan::AlreadyExists { row_id } => {
             return Ok(Outcome {
