@@ -18,6 +18,7 @@ pub mod identity_provider;
 pub mod license_grant;
 pub mod outbound;
 pub mod outcome;
+pub mod record;
 pub mod report;
 pub mod secrets;
 pub mod tenant;

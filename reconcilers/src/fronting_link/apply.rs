@@ -2,28 +2,13 @@
 
 use super::KIND;
 use super::plan::{Cause, Values};
-use crate::approval::{self, ApprovedChange};
+use crate::approval;
 use crate::audit::{self, Entry};
-use crate::db::{self, Ownership};
+use crate::db;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-/// Who and what a write is attributed to.
-#[derive(Clone, Debug)]
-pub struct Attribution {
-    /// The operator's identity.
-    pub actor: String,
-    /// The requested-by annotation.
-    pub requester: Option<String>,
-    /// uid.
-    pub uid: String,
-    /// Name (the kind is cluster-scoped).
-    pub name: String,
-    /// Digest written.
-    pub digest: String,
-    /// The approval this write carries out.
-    pub approval: Option<ApprovedChange>,
-}
+pub use crate::record::Attribution;
 
 /// Inserts or updates the link row. Returns its id.
 pub async fn write(
@@ -63,15 +48,9 @@ pub async fn write(
             .await?
         }
     };
-    let owner = Ownership {
-        row_id: id,
-        object_uid: who.uid.clone(),
-        object_ns: String::new(),
-        object_name: who.name.clone(),
-        digest: who.digest.clone(),
-    };
+    let owner = who.ownership(id);
     db::record_ownership(&mut tx, KIND, &owner, cause == Cause::Adopted).await?;
-    let mut entry = Entry::now(KIND, &who.name, cause.action(), &who.actor);
+    let mut entry = Entry::now(KIND, &who.object_key(), cause.action(), &who.actor);
     entry.row_id = Some(id);
     entry.requester = who.requester.clone();
     entry.digest = Some(who.digest.clone());
@@ -96,7 +75,7 @@ pub async fn remove(pool: &PgPool, who: &Attribution) -> Result<(), crate::Error
     .execute(&mut *tx)
     .await?;
     db::release_ownership(&mut tx, KIND, owner.row_id).await?;
-    let mut entry = Entry::now(KIND, &who.name, "delete", &who.actor);
+    let mut entry = Entry::now(KIND, &who.object_key(), "delete", &who.actor);
     entry.row_id = Some(owner.row_id);
     entry.requester = who.requester.clone();
     entry.digest = Some(owner.digest);

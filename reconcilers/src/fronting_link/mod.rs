@@ -40,14 +40,7 @@ fn subject(link: &FrontingLink) -> String {
 }
 
 fn attribution(link: &FrontingLink, actor: &str, digest: String, approval: Option<ApprovedChange>) -> Attribution {
-    Attribution {
-        actor: actor.into(),
-        requester: annotation(link, annotations::REQUESTED_BY).cloned(),
-        uid: link.metadata.uid.clone().unwrap_or_default(),
-        name: name(link),
-        digest,
-        approval,
-    }
+    Attribution::of(&link.metadata, actor, digest, approval)
 }
 
 /// Brings the database in line with the FrontingLink.

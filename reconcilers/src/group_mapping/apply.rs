@@ -2,36 +2,13 @@
 
 use super::KIND;
 use super::plan::{Cause, Values};
-use crate::approval::{self, ApprovedChange};
+use crate::approval;
 use crate::audit::{self, Entry};
-use crate::db::{self, Ownership};
+use crate::db;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-/// Who and what a write is attributed to.
-#[derive(Clone, Debug)]
-pub struct Attribution {
-    /// The operator's identity.
-    pub actor: String,
-    /// The requested-by annotation.
-    pub requester: Option<String>,
-    /// uid.
-    pub uid: String,
-    /// Namespace.
-    pub namespace: String,
-    /// Name.
-    pub name: String,
-    /// Digest written.
-    pub digest: String,
-    /// The approval this write carries out.
-    pub approval: Option<ApprovedChange>,
-}
-
-impl Attribution {
-    fn object_key(&self) -> String {
-        format!("{}/{}", self.namespace, self.name)
-    }
-}
+pub use crate::record::Attribution;
 
 /// Inserts or updates the mapping row. Returns its id.
 pub async fn write(
@@ -81,13 +58,7 @@ pub async fn write(
             .fetch_one(&mut *tx)
             .await?,
         };
-    let owner = Ownership {
-        row_id: id,
-        object_uid: who.uid.clone(),
-        object_ns: who.namespace.clone(),
-        object_name: who.name.clone(),
-        digest: who.digest.clone(),
-    };
+    let owner = who.ownership(id);
     db::record_ownership(&mut tx, KIND, &owner, cause == Cause::Adopted).await?;
     let mut entry = Entry::now(KIND, &who.object_key(), cause.action(), &who.actor);
     entry.row_id = Some(id);

@@ -41,15 +41,7 @@ fn subject(gm: &GroupMapping) -> String {
 }
 
 fn attribution(gm: &GroupMapping, actor: &str, digest: String, approval: Option<ApprovedChange>) -> Attribution {
-    Attribution {
-        actor: actor.into(),
-        requester: annotation(gm, annotations::REQUESTED_BY).cloned(),
-        uid: gm.metadata.uid.clone().unwrap_or_default(),
-        namespace: gm.metadata.namespace.clone().unwrap_or_default(),
-        name: gm.metadata.name.clone().unwrap_or_default(),
-        digest,
-        approval,
-    }
+    Attribution::of(&gm.metadata, actor, digest, approval)
 }
 
 /// Brings the database in line with the GroupMapping.

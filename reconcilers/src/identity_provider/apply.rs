@@ -4,37 +4,14 @@
 use super::KIND;
 use super::plan::{ACTIVE, Write};
 use super::validate::Protocol;
-use crate::approval::{self, ApprovedChange};
+use crate::approval;
 use crate::audit::{self, Entry};
-use crate::db::{self, Ownership};
+use crate::db;
 use crate::secrets::{self, Sealed};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-/// Who and what a write is attributed to.
-#[derive(Clone, Debug)]
-pub struct Attribution {
-    /// The operator's identity, recorded as actor.
-    pub actor: String,
-    /// The requested-by annotation, if any.
-    pub requester: Option<String>,
-    /// uid of the object.
-    pub uid: String,
-    /// Namespace of the object.
-    pub namespace: String,
-    /// Name of the object.
-    pub name: String,
-    /// Digest of the spec being written.
-    pub digest: String,
-    /// The second person's approval this write carries out, if one was needed.
-    pub approval: Option<ApprovedChange>,
-}
-
-impl Attribution {
-    fn object_key(&self) -> String {
-        format!("{}/{}", self.namespace, self.name)
-    }
-}
+pub use crate::record::Attribution;
 
 /// The flat column values of a write.
 struct Columns<'a> {
@@ -223,13 +200,7 @@ pub async fn write(
             .await?
         }
     };
-    let owner = Ownership {
-        row_id,
-        object_uid: who.uid.clone(),
-        object_ns: who.namespace.clone(),
-        object_name: who.name.clone(),
-        digest: who.digest.clone(),
-    };
+    let owner = who.ownership(row_id);
     db::record_ownership(&mut tx, KIND, &owner, w.cause == super::plan::Cause::Adopted).await?;
     let action = if status == ACTIVE { w.cause.action() } else { "request" };
     let mut entry = Entry::now(KIND, &who.object_key(), action, &who.actor);

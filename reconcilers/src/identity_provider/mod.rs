@@ -147,16 +147,7 @@ fn annotation<'a>(idp: &'a IdentityProvider, key: &str) -> Option<&'a String> {
 }
 
 fn attribution(idp: &IdentityProvider, actor: &str, digest: String, approval: Option<ApprovedChange>) -> Attribution {
-    let meta = &idp.metadata;
-    Attribution {
-        actor: actor.to_string(),
-        requester: annotation(idp, annotations::REQUESTED_BY).cloned(),
-        uid: meta.uid.clone().unwrap_or_default(),
-        namespace: meta.namespace.clone().unwrap_or_default(),
-        name: meta.name.clone().unwrap_or_default(),
-        digest,
-        approval,
-    }
+    Attribution::of(&idp.metadata, actor, digest, approval)
 }
 
 fn object_key(idp: &IdentityProvider) -> String {

@@ -3,29 +3,14 @@
 
 use super::KIND;
 use super::plan::{Cause, Values};
-use crate::approval::{self, ApprovedChange};
+use crate::approval;
 use crate::audit::{self, Entry};
-use crate::db::{self, Ownership};
+use crate::db;
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-/// Who and what a write is attributed to.
-#[derive(Clone, Debug)]
-pub struct Attribution {
-    /// The operator's identity, recorded as actor.
-    pub actor: String,
-    /// The requested-by annotation, if any.
-    pub requester: Option<String>,
-    /// uid of the object.
-    pub uid: String,
-    /// Name of the (cluster-scoped) object.
-    pub name: String,
-    /// Digest of the spec being written.
-    pub digest: String,
-    /// The second person's approval this write carries out, if one was needed.
-    pub approval: Option<ApprovedChange>,
-}
+pub use crate::record::Attribution;
 
 /// PostgreSQL's unique_violation: two objects imported one grant ID at once.
 const UNIQUE_VIOLATION: &str = "23505";
@@ -138,15 +123,9 @@ pub async fn write(
     if let Some(base) = g.addendum_of {
         detail["addendum_of"] = serde_json::json!(base);
     }
-    let owner = Ownership {
-        row_id: id,
-        object_uid: who.uid.clone(),
-        object_ns: String::new(),
-        object_name: who.name.clone(),
-        digest: who.digest.clone(),
-    };
+    let owner = who.ownership(id);
     db::record_ownership(&mut tx, KIND, &owner, cause == Cause::Adopted).await?;
-    let mut entry = Entry::now(KIND, &who.name, cause.action(), &who.actor);
+    let mut entry = Entry::now(KIND, &who.object_key(), cause.action(), &who.actor);
     entry.row_id = Some(id);
     entry.requester = who.requester.clone();
     entry.digest = Some(who.digest.clone());
@@ -186,7 +165,7 @@ pub async fn release(pool: &PgPool, who: &Attribution) -> Result<Option<Uuid>, c
         return Ok(None);
     };
     db::release_ownership(&mut tx, KIND, owner.row_id).await?;
-    let mut entry = Entry::now(KIND, &who.name, "orphan", &who.actor);
+    let mut entry = Entry::now(KIND, &who.object_key(), "orphan", &who.actor);
     entry.row_id = Some(owner.row_id);
     entry.requester = who.requester.clone();
     entry.digest = Some(owner.digest);

@@ -86,14 +86,7 @@ fn subject(lg: &LicenseGrant) -> String {
 }
 
 fn attribution(lg: &LicenseGrant, actor: &str, digest: String, approval: Option<ApprovedChange>) -> Attribution {
-    Attribution {
-        actor: actor.into(),
-        requester: annotation(lg, annotations::REQUESTED_BY).cloned(),
-        uid: lg.metadata.uid.clone().unwrap_or_default(),
-        name: name(lg),
-        digest,
-        approval,
-    }
+    Attribution::of(&lg.metadata, actor, digest, approval)
 }
 
 /// A refusal: nothing written. When this object already imported a row,

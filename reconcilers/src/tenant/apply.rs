@@ -4,26 +4,11 @@ use super::KIND;
 use super::plan::{Plan, Values};
 use crate::approval;
 use crate::audit::{self, Entry};
-use crate::db::{self, Ownership};
+use crate::db;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-/// Who and what a write is attributed to.
-#[derive(Clone, Debug)]
-pub struct Attribution {
-    /// The operator's identity, recorded as actor.
-    pub actor: String,
-    /// The requested-by annotation, if any.
-    pub requester: Option<String>,
-    /// uid of the object.
-    pub uid: String,
-    /// Name of the object.
-    pub name: String,
-    /// Digest of the spec being written.
-    pub digest: String,
-    /// The second person's approval this write carries out, if one was needed.
-    pub approval: Option<crate::approval::ApprovedChange>,
-}
+pub use crate::record::Attribution;
 
 /// Executes a plan. Returns the row id written, or None for plans that write nothing.
 pub async fn apply(pool: &PgPool, plan: &Plan, who: &Attribution) -> Result<Option<Uuid>, crate::Error> {
@@ -103,15 +88,9 @@ async fn finish(
     adopted: bool,
     who: &Attribution,
 ) -> Result<(), crate::Error> {
-    let owner = Ownership {
-        row_id,
-        object_uid: who.uid.clone(),
-        object_ns: String::new(),
-        object_name: who.name.clone(),
-        digest: who.digest.clone(),
-    };
+    let owner = who.ownership(row_id);
     db::record_ownership(&mut tx, KIND, &owner, adopted).await?;
-    let mut entry = Entry::now(KIND, &who.name, action, &who.actor);
+    let mut entry = Entry::now(KIND, &who.object_key(), action, &who.actor);
     entry.row_id = Some(row_id);
     entry.requester = who.requester.clone();
     entry.digest = Some(who.digest.clone());
@@ -137,7 +116,12 @@ pub async fn remove(pool: &PgPool, orphan: bool, who: &Attribution) -> Result<Op
             .await?;
     }
     db::release_ownership(&mut tx, KIND, owner.row_id).await?;
-    let mut entry = Entry::now(KIND, &who.name, if orphan { "orphan" } else { "delete" }, &who.actor);
+    let mut entry = Entry::now(
+        KIND,
+        &who.object_key(),
+        if orphan { "orphan" } else { "delete" },
+        &who.actor,
+    );
     entry.row_id = Some(owner.row_id);
     entry.requester = who.requester.clone();
     entry.digest = Some(owner.digest);

@@ -20,15 +20,7 @@ pub use crate::report::{DeletionGate, unavailable};
 pub const KIND: &str = "Tenant";
 
 fn attribution(tenant: &Tenant, actor: &str, digest: String, approval: Option<ApprovedChange>) -> Attribution {
-    let meta = &tenant.metadata;
-    Attribution {
-        actor: actor.to_string(),
-        requester: annotation(tenant, annotations::REQUESTED_BY).cloned(),
-        uid: meta.uid.clone().unwrap_or_default(),
-        name: meta.name.clone().unwrap_or_default(),
-        digest,
-        approval,
-    }
+    Attribution::of(&tenant.metadata, actor, digest, approval)
 }
 
 fn adopt_requested(tenant: &Tenant) -> bool {

@@ -4,37 +4,14 @@
 
 use super::KIND;
 use super::plan::{Cause, Write};
-use crate::approval::{self, ApprovedChange};
+use crate::approval;
 use crate::audit::{self, Entry};
-use crate::db::{self, Ownership};
+use crate::db;
 use crate::secrets::{self, Sealed};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-/// Who and what a write is attributed to.
-#[derive(Clone, Debug)]
-pub struct Attribution {
-    /// The operator's identity, recorded as actor.
-    pub actor: String,
-    /// The requested-by annotation, if any.
-    pub requester: Option<String>,
-    /// uid of the object.
-    pub uid: String,
-    /// Namespace of the object.
-    pub namespace: String,
-    /// Name of the object.
-    pub name: String,
-    /// Digest of the spec being written.
-    pub digest: String,
-    /// The second person's approval this write carries out, if one was needed.
-    pub approval: Option<ApprovedChange>,
-}
-
-impl Attribution {
-    fn object_key(&self) -> String {
-        format!("{}/{}", self.namespace, self.name)
-    }
-}
+pub use crate::record::Attribution;
 
 /// Whether a database error is the live (tenant, url) index refusing a
 /// second row: another writer got there between our read and our write.
@@ -117,13 +94,7 @@ pub async fn write(pool: &PgPool, w: &Write, sealed: Option<&Sealed>, who: &Attr
         Err(sqlx::Error::RowNotFound) => return Err(crate::Error::Raced("the subscription row".into())),
         Err(e) => return Err(e.into()),
     };
-    let owner = Ownership {
-        row_id,
-        object_uid: who.uid.clone(),
-        object_ns: who.namespace.clone(),
-        object_name: who.name.clone(),
-        digest: who.digest.clone(),
-    };
+    let owner = who.ownership(row_id);
     db::record_ownership(&mut tx, KIND, &owner, w.cause == Cause::Adopted).await?;
     let mut entry = Entry::now(KIND, &who.object_key(), w.cause.action(), &who.actor);
     entry.row_id = Some(row_id);

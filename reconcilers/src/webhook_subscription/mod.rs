@@ -148,16 +148,7 @@ fn annotation<'a>(ws: &'a WebhookSubscription, key: &str) -> Option<&'a String> 
 }
 
 fn attribution(ws: &WebhookSubscription, actor: &str, digest: String, approval: Option<ApprovedChange>) -> Attribution {
-    let meta = &ws.metadata;
-    Attribution {
-        actor: actor.to_string(),
-        requester: annotation(ws, annotations::REQUESTED_BY).cloned(),
-        uid: meta.uid.clone().unwrap_or_default(),
-        namespace: meta.namespace.clone().unwrap_or_default(),
-        name: meta.name.clone().unwrap_or_default(),
-        digest,
-        approval,
-    }
+    Attribution::of(&ws.metadata, actor, digest, approval)
 }
 
 /// Where messages say the secret comes from.

@@ -1,0 +1,66 @@
+//! Who and what a write is attributed to, the same for every kind: the
+//! ownership record and the audit entry are built from it.
+
+use crate::approval::ApprovedChange;
+use crate::db::Ownership;
+use countersign_crds::annotations;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use uuid::Uuid;
+
+/// Who and what a write is attributed to.
+#[derive(Clone, Debug)]
+pub struct Attribution {
+    /// The operator's identity, recorded as actor.
+    pub actor: String,
+    /// The requested-by annotation, if any.
+    pub requester: Option<String>,
+    /// uid of the object.
+    pub uid: String,
+    /// Namespace of the object ('' for cluster-scoped kinds).
+    pub namespace: String,
+    /// Name of the object.
+    pub name: String,
+    /// Digest of the spec being written.
+    pub digest: String,
+    /// The second person's approval this write carries out, if one was needed.
+    pub approval: Option<ApprovedChange>,
+}
+
+impl Attribution {
+    /// The attribution of a write of the object with `meta`.
+    pub fn of(meta: &ObjectMeta, actor: &str, digest: String, approval: Option<ApprovedChange>) -> Self {
+        Self {
+            actor: actor.to_string(),
+            requester: meta
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(annotations::REQUESTED_BY))
+                .cloned(),
+            uid: meta.uid.clone().unwrap_or_default(),
+            namespace: meta.namespace.clone().unwrap_or_default(),
+            name: meta.name.clone().unwrap_or_default(),
+            digest,
+            approval,
+        }
+    }
+
+    /// namespace/name, or name for cluster-scoped kinds (the audit log's object key).
+    pub fn object_key(&self) -> String {
+        if self.namespace.is_empty() {
+            self.name.clone()
+        } else {
+            format!("{}/{}", self.namespace, self.name)
+        }
+    }
+
+    /// The ownership record saying this object manages `row_id` with this digest.
+    pub fn ownership(&self, row_id: Uuid) -> Ownership {
+        Ownership {
+            row_id,
+            object_uid: self.uid.clone(),
+            object_ns: self.namespace.clone(),
+            object_name: self.name.clone(),
+            digest: self.digest.clone(),
+        }
+    }
+}
