@@ -2,9 +2,11 @@
 //! ownership record and the audit entry are built from it.
 
 use crate::approval::ApprovedChange;
+use crate::audit::Entry;
 use crate::db::Ownership;
 use countersign_crds::annotations;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use sqlx::{Postgres, Transaction};
 use uuid::Uuid;
 
 /// Who and what a write is attributed to.
@@ -62,5 +64,29 @@ impl Attribution {
             object_name: self.name.clone(),
             digest: self.digest.clone(),
         }
+    }
+}
+
+impl Attribution {
+    /// Appends the audit entry of a write inside its transaction: who did
+    /// what to which row, with which digest, carrying out the approval (the
+    /// change request is marked approved and named in the detail).
+    pub async fn audit(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        kind: &str,
+        action: &str,
+        row_id: Uuid,
+        digest: &str,
+        detail: serde_json::Value,
+    ) -> Result<(), crate::Error> {
+        let mut entry = Entry::now(kind, &self.object_key(), action, &self.actor);
+        entry.row_id = Some(row_id);
+        entry.requester = self.requester.clone();
+        entry.digest = Some(digest.to_string());
+        entry.detail = detail;
+        crate::approval::carry_out(tx, self.approval.as_ref(), &mut entry).await?;
+        crate::audit::append(tx, &entry).await?;
+        Ok(())
     }
 }

@@ -2,8 +2,6 @@
 
 use super::KIND;
 use super::plan::{Cause, Values};
-use crate::approval;
-use crate::audit::{self, Entry};
 use crate::db;
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -50,12 +48,8 @@ pub async fn write(
     };
     let owner = who.ownership(id);
     db::record_ownership(&mut tx, KIND, &owner, cause == Cause::Adopted).await?;
-    let mut entry = Entry::now(KIND, &who.object_key(), cause.action(), &who.actor);
-    entry.row_id = Some(id);
-    entry.requester = who.requester.clone();
-    entry.digest = Some(who.digest.clone());
-    approval::carry_out(&mut tx, who.approval.as_ref(), &mut entry).await?;
-    audit::append(&mut tx, &entry).await?;
+    who.audit(&mut tx, KIND, cause.action(), id, &who.digest, serde_json::json!({}))
+        .await?;
     tx.commit().await?;
     Ok(id)
 }
@@ -75,12 +69,15 @@ pub async fn remove(pool: &PgPool, who: &Attribution) -> Result<(), crate::Error
     .execute(&mut *tx)
     .await?;
     db::release_ownership(&mut tx, KIND, owner.row_id).await?;
-    let mut entry = Entry::now(KIND, &who.object_key(), "delete", &who.actor);
-    entry.row_id = Some(owner.row_id);
-    entry.requester = who.requester.clone();
-    entry.digest = Some(owner.digest);
-    approval::carry_out(&mut tx, who.approval.as_ref(), &mut entry).await?;
-    audit::append(&mut tx, &entry).await?;
+    who.audit(
+        &mut tx,
+        KIND,
+        "delete",
+        owner.row_id,
+        &owner.digest,
+        serde_json::json!({}),
+    )
+    .await?;
     tx.commit().await?;
     Ok(())
 }

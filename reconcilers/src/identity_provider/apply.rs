@@ -4,8 +4,6 @@
 use super::KIND;
 use super::plan::{ACTIVE, Write};
 use super::validate::Protocol;
-use crate::approval;
-use crate::audit::{self, Entry};
 use crate::db;
 use crate::secrets::{self, Sealed};
 use sqlx::PgPool;
@@ -203,17 +201,12 @@ pub async fn write(
     let owner = who.ownership(row_id);
     db::record_ownership(&mut tx, KIND, &owner, w.cause == super::plan::Cause::Adopted).await?;
     let action = if status == ACTIVE { w.cause.action() } else { "request" };
-    let mut entry = Entry::now(KIND, &who.object_key(), action, &who.actor);
-    entry.row_id = Some(row_id);
-    entry.requester = who.requester.clone();
-    entry.digest = Some(who.digest.clone());
-    approval::carry_out(&mut tx, who.approval.as_ref(), &mut entry).await?;
+    let mut detail = serde_json::json!({ "status": status });
     if let Some(s) = sealed {
         // The fingerprint, never the secret: enough to tell rotations apart.
-        entry.detail["secret_fingerprint"] = serde_json::Value::String(s.fingerprint.clone());
+        detail["secret_fingerprint"] = serde_json::Value::String(s.fingerprint.clone());
     }
-    entry.detail["status"] = serde_json::Value::String(status.to_string());
-    audit::append(&mut tx, &entry).await?;
+    who.audit(&mut tx, KIND, action, row_id, &who.digest, detail).await?;
     tx.commit().await?;
     Ok(row_id)
 }
@@ -290,13 +283,8 @@ pub async fn remove(pool: &PgPool, mode: RemovalMode, who: &Attribution) -> Resu
     } else {
         "delete"
     };
-    let mut entry = Entry::now(KIND, &who.object_key(), action, &who.actor);
-    entry.row_id = Some(owner.row_id);
-    entry.requester = who.requester.clone();
-    entry.digest = Some(owner.digest);
-    entry.detail = detail;
-    approval::carry_out(&mut tx, who.approval.as_ref(), &mut entry).await?;
-    audit::append(&mut tx, &entry).await?;
+    who.audit(&mut tx, KIND, action, owner.row_id, &owner.digest, detail)
+        .await?;
     tx.commit().await?;
     Ok(Removal::Done)
 }

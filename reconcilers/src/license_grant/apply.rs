@@ -3,8 +3,6 @@
 
 use super::KIND;
 use super::plan::{Cause, Values};
-use crate::approval;
-use crate::audit::{self, Entry};
 use crate::db;
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
@@ -125,13 +123,8 @@ pub async fn write(
     }
     let owner = who.ownership(id);
     db::record_ownership(&mut tx, KIND, &owner, cause == Cause::Adopted).await?;
-    let mut entry = Entry::now(KIND, &who.object_key(), cause.action(), &who.actor);
-    entry.row_id = Some(id);
-    entry.requester = who.requester.clone();
-    entry.digest = Some(who.digest.clone());
-    entry.detail = detail;
-    approval::carry_out(&mut tx, who.approval.as_ref(), &mut entry).await?;
-    audit::append(&mut tx, &entry).await?;
+    who.audit(&mut tx, KIND, cause.action(), id, &who.digest, detail)
+        .await?;
     tx.commit().await?;
     Ok(id)
 }
@@ -165,13 +158,15 @@ pub async fn release(pool: &PgPool, who: &Attribution) -> Result<Option<Uuid>, c
         return Ok(None);
     };
     db::release_ownership(&mut tx, KIND, owner.row_id).await?;
-    let mut entry = Entry::now(KIND, &who.object_key(), "orphan", &who.actor);
-    entry.row_id = Some(owner.row_id);
-    entry.requester = who.requester.clone();
-    entry.digest = Some(owner.digest);
-    entry.detail = serde_json::json!({"row": "kept: deleting a LicenseGrant does not revoke the grant"});
-    approval::carry_out(&mut tx, who.approval.as_ref(), &mut entry).await?;
-    audit::append(&mut tx, &entry).await?;
+    who.audit(
+        &mut tx,
+        KIND,
+        "orphan",
+        owner.row_id,
+        &owner.digest,
+        serde_json::json!({"row": "kept: deleting a LicenseGrant does not revoke the grant"}),
+    )
+    .await?;
     tx.commit().await?;
     Ok(Some(owner.row_id))
 }

@@ -2,8 +2,6 @@
 
 use super::KIND;
 use super::plan::{Plan, Values};
-use crate::approval;
-use crate::audit::{self, Entry};
 use crate::db;
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -90,12 +88,8 @@ async fn finish(
 ) -> Result<(), crate::Error> {
     let owner = who.ownership(row_id);
     db::record_ownership(&mut tx, KIND, &owner, adopted).await?;
-    let mut entry = Entry::now(KIND, &who.object_key(), action, &who.actor);
-    entry.row_id = Some(row_id);
-    entry.requester = who.requester.clone();
-    entry.digest = Some(who.digest.clone());
-    approval::carry_out(&mut tx, who.approval.as_ref(), &mut entry).await?;
-    audit::append(&mut tx, &entry).await?;
+    who.audit(&mut tx, KIND, action, row_id, &who.digest, serde_json::json!({}))
+        .await?;
     tx.commit().await?;
     Ok(())
 }
@@ -116,17 +110,15 @@ pub async fn remove(pool: &PgPool, orphan: bool, who: &Attribution) -> Result<Op
             .await?;
     }
     db::release_ownership(&mut tx, KIND, owner.row_id).await?;
-    let mut entry = Entry::now(
+    who.audit(
+        &mut tx,
         KIND,
-        &who.object_key(),
         if orphan { "orphan" } else { "delete" },
-        &who.actor,
-    );
-    entry.row_id = Some(owner.row_id);
-    entry.requester = who.requester.clone();
-    entry.digest = Some(owner.digest);
-    approval::carry_out(&mut tx, who.approval.as_ref(), &mut entry).await?;
-    audit::append(&mut tx, &entry).await?;
+        owner.row_id,
+        &owner.digest,
+        serde_json::json!({}),
+    )
+    .await?;
     tx.commit().await?;
     Ok(Some(owner.row_id))
 }

@@ -4,8 +4,6 @@
 
 use super::KIND;
 use super::plan::{Cause, Write};
-use crate::approval;
-use crate::audit::{self, Entry};
 use crate::db;
 use crate::secrets::{self, Sealed};
 use sqlx::PgPool;
@@ -96,16 +94,13 @@ pub async fn write(pool: &PgPool, w: &Write, sealed: Option<&Sealed>, who: &Attr
     };
     let owner = who.ownership(row_id);
     db::record_ownership(&mut tx, KIND, &owner, w.cause == Cause::Adopted).await?;
-    let mut entry = Entry::now(KIND, &who.object_key(), w.cause.action(), &who.actor);
-    entry.row_id = Some(row_id);
-    entry.requester = who.requester.clone();
-    entry.digest = Some(who.digest.clone());
-    approval::carry_out(&mut tx, who.approval.as_ref(), &mut entry).await?;
+    let mut detail = serde_json::json!({});
     if let Some(s) = sealed {
         // The fingerprint, never the secret: enough to tell rotations apart.
-        entry.detail["secret_fingerprint"] = serde_json::Value::String(s.fingerprint.clone());
+        detail["secret_fingerprint"] = serde_json::Value::String(s.fingerprint.clone());
     }
-    audit::append(&mut tx, &entry).await?;
+    who.audit(&mut tx, KIND, w.cause.action(), row_id, &who.digest, detail)
+        .await?;
     tx.commit().await?;
     Ok(row_id)
 }
@@ -130,12 +125,15 @@ pub async fn remove(pool: &PgPool, who: &Attribution) -> Result<(), crate::Error
         secrets::revoke(&mut tx, secret).await?;
     }
     db::release_ownership(&mut tx, KIND, owner.row_id).await?;
-    let mut entry = Entry::now(KIND, &who.object_key(), "delete", &who.actor);
-    entry.row_id = Some(owner.row_id);
-    entry.requester = who.requester.clone();
-    entry.digest = Some(owner.digest);
-    approval::carry_out(&mut tx, who.approval.as_ref(), &mut entry).await?;
-    audit::append(&mut tx, &entry).await?;
+    who.audit(
+        &mut tx,
+        KIND,
+        "delete",
+        owner.row_id,
+        &owner.digest,
+        serde_json::json!({}),
+    )
+    .await?;
     tx.commit().await?;
     Ok(())
 }
