@@ -14,37 +14,6 @@ use kube::Client;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 use sqlx::{PgPool, Row};
-use std::io::Write;
-use std::sync::{Arc, Mutex, OnceLock};
-
-/// Everything the operators of this test binary log, at debug level, so a
-/// test can prove a secret never reached the logs.
-fn captured_logs() -> Arc<Mutex<Vec<u8>>> {
-    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
-    LOGS.get_or_init(|| {
-        let buffer = Arc::new(Mutex::new(Vec::new()));
-        let sink = buffer.clone();
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter("debug")
-            .with_ansi(false)
-            .with_writer(move || LogSink(sink.clone()))
-            .try_init();
-        buffer
-    })
-    .clone()
-}
-
-struct LogSink(Arc<Mutex<Vec<u8>>>);
-
-impl Write for LogSink {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 /// One test's world: a namespace, a live tenant allowing it, the stub IdP
 /// and an operator that trusts the stub's CA.
@@ -59,7 +28,7 @@ struct World {
 }
 
 async fn world(allow_loopback: bool) -> anyhow::Result<World> {
-    captured_logs();
+    common::secrets::captured_logs();
     let client = common::cluster().await?;
     let (_url, pool) = common::database().await?;
     let run = unique_name("idp");
@@ -212,28 +181,6 @@ fn message(status: Option<&IdentityProviderStatus>, type_: &str) -> String {
         .unwrap_or_default()
 }
 
-/// Every text the database holds, table by table, as one string.
-async fn database_text(pool: &PgPool) -> anyhow::Result<String> {
-    let tables: Vec<String> = sqlx::query_scalar("SELECT tablename::text FROM pg_tables WHERE schemaname = 'public'")
-        .fetch_all(pool)
-        .await?;
-    let mut all = String::new();
-    for table in tables {
-        // Table names come from the catalogue, not from input.
-        let sql = format!("SELECT coalesce(string_agg(to_jsonb(t)::text, E'\\n'), '') FROM \"{table}\" t");
-        let text: String = sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).fetch_one(pool).await?;
-        all.push_str(&text);
-    }
-    // bytea columns print as hex in JSON; look for the raw bytes too.
-    let blobs: Vec<Vec<u8>> = sqlx::query_scalar("SELECT ciphertext FROM encrypted_secrets")
-        .fetch_all(pool)
-        .await?;
-    for blob in blobs {
-        all.push_str(&String::from_utf8_lossy(&blob));
-    }
-    Ok(all)
-}
-
 #[tokio::test]
 async fn an_oidc_provider_goes_live_after_discovery_with_its_secret_sealed_and_rotated() -> anyhow::Result<()> {
     let w = world(true).await?;
@@ -332,10 +279,10 @@ async fn an_oidc_provider_goes_live_after_discovery_with_its_secret_sealed_and_r
     assert_eq!(action, "rotate-secret");
 
     // No plaintext anywhere: database, status, events, logs.
-    let db = database_text(&w.pool).await?;
+    let db = common::secrets::database_text(&w.pool).await?;
     let idp_json = serde_json::to_string(&w.idps().get("sso").await?)?;
     let events = format!("{:?}", common::events_for(&w.client, "sso").await?);
-    let logs = String::from_utf8_lossy(&captured_logs().lock().unwrap_or_else(|p| p.into_inner())).to_string();
+    let logs = common::secrets::logs_text();
     assert!(
         logs.contains("sso") || logs.contains("reconcil"),
         "the log capture works"

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod approvals;
+pub mod secrets;
 
 use anyhow::{Context as _, anyhow};
 use countersign_crds::{ResourceStatus, Tenant};
