@@ -3,7 +3,6 @@
 
 use super::Context;
 use super::shell::{self, Reconciled};
-use super::status::WithStatus;
 use crate::Error;
 use countersign_crds::{FrontingLink, ResourceStatus};
 use countersign_reconcilers::Outcome;
@@ -15,32 +14,11 @@ use kube::runtime::controller::Controller;
 use std::sync::Arc;
 use std::time::Duration;
 
-impl WithStatus for FrontingLink {
-    type Status = ResourceStatus;
-
-    fn common(status: &ResourceStatus) -> &ResourceStatus {
-        status
-    }
-}
-
 impl Reconciled for FrontingLink {
     const KIND: &'static str = pipeline::KIND;
 
     fn api(&self, client: kube::Client) -> Api<Self> {
         Api::all(client)
-    }
-
-    fn current_status(&self) -> Option<&ResourceStatus> {
-        self.status.as_ref()
-    }
-
-    fn status_from(
-        outcome: &Outcome,
-        previous: Option<&ResourceStatus>,
-        generation: Option<i64>,
-        now: &str,
-    ) -> ResourceStatus {
-        outcome.status(previous, generation, now)
     }
 
     async fn reconcile(

@@ -2,7 +2,6 @@
 
 use super::Context;
 use super::shell::{self, Reconciled};
-use super::status::WithStatus;
 use crate::Error;
 use countersign_crds::{GroupMapping, IdentityProvider, ResourceStatus};
 use countersign_reconcilers::Outcome;
@@ -16,32 +15,11 @@ use kube::runtime::reflector::ObjectRef;
 use std::sync::Arc;
 use std::time::Duration;
 
-impl WithStatus for GroupMapping {
-    type Status = ResourceStatus;
-
-    fn common(status: &ResourceStatus) -> &ResourceStatus {
-        status
-    }
-}
-
 impl Reconciled for GroupMapping {
     const KIND: &'static str = pipeline::KIND;
 
     fn api(&self, client: kube::Client) -> Api<Self> {
         Api::namespaced(client, &self.namespace().unwrap_or_default())
-    }
-
-    fn current_status(&self) -> Option<&ResourceStatus> {
-        self.status.as_ref()
-    }
-
-    fn status_from(
-        outcome: &Outcome,
-        previous: Option<&ResourceStatus>,
-        generation: Option<i64>,
-        now: &str,
-    ) -> ResourceStatus {
-        outcome.status(previous, generation, now)
     }
 
     async fn reconcile(

@@ -4,14 +4,13 @@
 
 use super::Context;
 use super::shell::{self, Reconciled};
-use super::status::WithStatus;
 use crate::Error;
 use countersign_crds::identity_provider::{IdentityProviderStatus, OidcDiscoveryStatus, SamlMetadataStatus};
-use countersign_crds::{GroupMapping, IdentityProvider, ResourceStatus, Tenant};
+use countersign_crds::{GroupMapping, IdentityProvider, Tenant};
 use countersign_reconcilers::Outcome;
 use countersign_reconcilers::approval::{ApprovedChange, Inputs};
 use countersign_reconcilers::discovery;
-use countersign_reconcilers::identity_provider::{self as pipeline, ClientSecret, ProviderChecks, Report};
+use countersign_reconcilers::identity_provider::{self as pipeline, ClientSecret, ProviderChecks};
 use countersign_reconcilers::outbound::OutboundClient;
 use countersign_reconcilers::report::DeletionGate;
 use k8s_openapi::api::core::v1::Secret;
@@ -23,14 +22,6 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use std::sync::Arc;
 use std::time::Duration;
-
-impl WithStatus for IdentityProvider {
-    type Status = IdentityProviderStatus;
-
-    fn common(status: &IdentityProviderStatus) -> &ResourceStatus {
-        &status.common
-    }
-}
 
 /// The network checks, through the operator's outbound policy.
 struct Checks<'a>(Option<&'a OutboundClient>);
@@ -84,19 +75,6 @@ impl Reconciled for IdentityProvider {
 
     fn api(&self, client: kube::Client) -> Api<Self> {
         Api::namespaced(client, &self.namespace().unwrap_or_default())
-    }
-
-    fn current_status(&self) -> Option<&IdentityProviderStatus> {
-        self.status.as_ref()
-    }
-
-    fn status_from(
-        outcome: &Outcome,
-        previous: Option<&IdentityProviderStatus>,
-        generation: Option<i64>,
-        now: &str,
-    ) -> IdentityProviderStatus {
-        Report::from(outcome.clone()).status(previous, generation, now)
     }
 
     async fn reconcile(

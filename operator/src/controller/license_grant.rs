@@ -4,7 +4,6 @@
 
 use super::Context;
 use super::shell::{self, Reconciled};
-use super::status::WithStatus;
 use crate::Error;
 use countersign_crds::{LicenseGrant, ResourceStatus, Tenant};
 use countersign_reconcilers::Outcome;
@@ -18,32 +17,11 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use std::sync::Arc;
 use std::time::Duration;
 
-impl WithStatus for LicenseGrant {
-    type Status = ResourceStatus;
-
-    fn common(status: &ResourceStatus) -> &ResourceStatus {
-        status
-    }
-}
-
 impl Reconciled for LicenseGrant {
     const KIND: &'static str = pipeline::KIND;
 
     fn api(&self, client: kube::Client) -> Api<Self> {
         Api::all(client)
-    }
-
-    fn current_status(&self) -> Option<&ResourceStatus> {
-        self.status.as_ref()
-    }
-
-    fn status_from(
-        outcome: &Outcome,
-        previous: Option<&ResourceStatus>,
-        generation: Option<i64>,
-        now: &str,
-    ) -> ResourceStatus {
-        outcome.status(previous, generation, now)
     }
 
     async fn reconcile(

@@ -25,15 +25,6 @@ pub trait Reconciled: WithStatus + Serialize + Send + Sync + 'static {
 
     /// The API to write this object's status and finalizer through.
     fn api(&self, client: kube::Client) -> Api<Self>;
-    /// The status the object carries now.
-    fn current_status(&self) -> Option<&Self::Status>;
-    /// The status after an outcome that says nothing kind-specific.
-    fn status_from(
-        outcome: &Outcome,
-        previous: Option<&Self::Status>,
-        generation: Option<i64>,
-        now: &str,
-    ) -> Self::Status;
     /// Runs the pipeline: the new status and when to look again.
     fn reconcile(
         &self,
@@ -53,6 +44,16 @@ pub trait Reconciled: WithStatus + Serialize + Send + Sync + 'static {
         ctx: &Context,
         approved: Option<ApprovedChange>,
     ) -> impl Future<Output = Result<Result<(), Outcome>, Error>> + Send;
+}
+
+/// The status after an outcome that says nothing kind-specific.
+fn status_from<K: Reconciled>(
+    outcome: &Outcome,
+    previous: Option<&K::Status>,
+    generation: Option<i64>,
+    now: &str,
+) -> K::Status {
+    K::with_common(previous, outcome.status(previous.map(K::common), generation, now))
 }
 
 fn now() -> String {
@@ -77,8 +78,8 @@ pub async fn reconcile<K: Reconciled>(obj: Arc<K>, ctx: Arc<Context>) -> Result<
                     // Keep the finalizer: report why and fail this cleanup so
                     // the finalizer helper does not remove it.
                     Err(outcome) => {
-                        let previous = o.current_status();
-                        let new = K::status_from(&outcome, previous, o.meta().generation, &now());
+                        let previous = K::current(&o);
+                        let new = status_from::<K>(&outcome, previous, o.meta().generation, &now());
                         status::write(&api, o.as_ref(), previous, &new, &ctx).await?;
                         Err(Error::DeletionRefused)
                     }
@@ -124,8 +125,8 @@ async fn deletion_gate<K: Reconciled>(
     match obj.deletion_gate(ctx, &approvals).await? {
         DeletionGate::Proceed(approved) => Ok(Ok(approved)),
         DeletionGate::Hold(outcome) => {
-            let previous = obj.current_status();
-            let new = K::status_from(&outcome, previous, obj.meta().generation, &now());
+            let previous = K::current(obj);
+            let new = status_from::<K>(&outcome, previous, obj.meta().generation, &now());
             status::write(api, obj, previous, &new, ctx).await?;
             Ok(Err(Action::requeue(outcome.requeue_after.unwrap_or(ctx.resync))))
         }
@@ -133,7 +134,7 @@ async fn deletion_gate<K: Reconciled>(
 }
 
 async fn apply<K: Reconciled>(api: &Api<K>, obj: &K, ctx: &Context) -> Result<Action, Error> {
-    let previous = obj.current_status();
+    let previous = K::current(obj);
     let approvals = super::approval_inputs(ctx, obj.meta().annotations.as_ref()).await?;
     let now = now();
     match obj.reconcile(ctx, &approvals, &now).await {
@@ -143,7 +144,7 @@ async fn apply<K: Reconciled>(api: &Api<K>, obj: &K, ctx: &Context) -> Result<Ac
         }
         Err(Error::Reconcile(e)) => {
             let outcome = countersign_reconcilers::report::unavailable(&e);
-            let new = K::status_from(&outcome, previous, obj.meta().generation, &now);
+            let new = status_from::<K>(&outcome, previous, obj.meta().generation, &now);
             if let Err(write_err) = status::write(api, obj, previous, &new, ctx).await {
                 tracing::warn!(error = %write_err, "could not report the failure in status");
             }

@@ -4,7 +4,9 @@
 use super::{Context, FIELD_MANAGER};
 use countersign_crds::ConditionStatus;
 use countersign_crds::ResourceStatus;
+use countersign_crds::identity_provider::IdentityProviderStatus;
 use countersign_crds::status::{APPROVED, READY, STALLED, SYNCED};
+use countersign_crds::webhook_subscription::WebhookSubscriptionStatus;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType};
 use kube::{Resource, ResourceExt};
@@ -18,14 +20,57 @@ pub trait WithStatus: Resource<DynamicType = ()> + Clone + DeserializeOwned + De
     type Status: Serialize + PartialEq + Clone + Debug + Send + Sync;
     /// The part of a status every kind shares.
     fn common(status: &Self::Status) -> &ResourceStatus;
+    /// The status the object carries now.
+    fn current(obj: &Self) -> Option<&Self::Status>;
+    /// `previous` with its shared part replaced by `common` (a kind's own
+    /// fields keep their values).
+    fn with_common(previous: Option<&Self::Status>, common: ResourceStatus) -> Self::Status;
 }
 
-impl WithStatus for countersign_crds::ApprovalPolicy {
-    type Status = ResourceStatus;
-    fn common(status: &ResourceStatus) -> &ResourceStatus {
-        status
-    }
+/// Implements [`WithStatus`] for a kind whose status is the shared
+/// `ResourceStatus`, or (with a second argument) a status type that
+/// flattens it into a field `common`.
+macro_rules! with_status {
+    ($kind:ty) => {
+        impl WithStatus for $kind {
+            type Status = ResourceStatus;
+            fn common(status: &ResourceStatus) -> &ResourceStatus {
+                status
+            }
+            fn current(obj: &Self) -> Option<&ResourceStatus> {
+                obj.status.as_ref()
+            }
+            fn with_common(_previous: Option<&ResourceStatus>, common: ResourceStatus) -> ResourceStatus {
+                common
+            }
+        }
+    };
+    ($kind:ty, $status:ident) => {
+        impl WithStatus for $kind {
+            type Status = $status;
+            fn common(status: &$status) -> &ResourceStatus {
+                &status.common
+            }
+            fn current(obj: &Self) -> Option<&$status> {
+                obj.status.as_ref()
+            }
+            fn with_common(previous: Option<&$status>, common: ResourceStatus) -> $status {
+                $status {
+                    common,
+                    ..previous.cloned().unwrap_or_default()
+                }
+            }
+        }
+    };
 }
+
+with_status!(countersign_crds::ApprovalPolicy);
+with_status!(countersign_crds::Tenant);
+with_status!(countersign_crds::GroupMapping);
+with_status!(countersign_crds::FrontingLink);
+with_status!(countersign_crds::LicenseGrant);
+with_status!(countersign_crds::IdentityProvider, IdentityProviderStatus);
+with_status!(countersign_crds::WebhookSubscription, WebhookSubscriptionStatus);
 
 /// Writes `new` if it differs from `old`, then records an event for each
 /// condition among Ready, Synced, Stalled and Approved whose status or reason

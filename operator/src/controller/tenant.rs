@@ -2,7 +2,6 @@
 
 use super::Context;
 use super::shell::{self, Reconciled};
-use super::status::WithStatus;
 use crate::Error;
 use countersign_crds::{ResourceStatus, Tenant};
 use countersign_reconcilers::Outcome;
@@ -14,32 +13,11 @@ use kube::runtime::controller::Controller;
 use std::sync::Arc;
 use std::time::Duration;
 
-impl WithStatus for Tenant {
-    type Status = ResourceStatus;
-
-    fn common(status: &ResourceStatus) -> &ResourceStatus {
-        status
-    }
-}
-
 impl Reconciled for Tenant {
     const KIND: &'static str = pipeline::KIND;
 
     fn api(&self, client: kube::Client) -> Api<Self> {
         Api::all(client)
-    }
-
-    fn current_status(&self) -> Option<&ResourceStatus> {
-        self.status.as_ref()
-    }
-
-    fn status_from(
-        outcome: &Outcome,
-        previous: Option<&ResourceStatus>,
-        generation: Option<i64>,
-        now: &str,
-    ) -> ResourceStatus {
-        outcome.status(previous, generation, now)
     }
 
     async fn reconcile(

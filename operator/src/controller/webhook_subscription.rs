@@ -6,15 +6,14 @@
 //! (sealing, storing, revoking, the test delivery) is the pipeline's.
 
 use super::shell::{self, Reconciled};
-use super::status::WithStatus;
 use super::{Context, FIELD_MANAGER};
 use crate::Error;
 use countersign_crds::webhook_subscription::{VERIFIED, WebhookSubscriptionStatus};
-use countersign_crds::{ConditionStatus, ResourceStatus, Tenant, WebhookSubscription, annotations};
+use countersign_crds::{ConditionStatus, Tenant, WebhookSubscription, annotations};
 use countersign_reconcilers::Outcome;
 use countersign_reconcilers::approval::{ApprovedChange, Inputs};
 use countersign_reconcilers::report::DeletionGate;
-use countersign_reconcilers::webhook_subscription::{self as pipeline, Report, SigningSecret, signing};
+use countersign_reconcilers::webhook_subscription::{self as pipeline, SigningSecret, signing};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, ObjectMeta, PostParams};
@@ -34,14 +33,6 @@ pub const GENERATED_KEY: &str = "signing-secret";
 const GENERATED_SUFFIX: &str = "-signing-secret";
 /// The longest Secret name the API server accepts (a DNS subdomain).
 const MAX_NAME: usize = 253;
-
-impl WithStatus for WebhookSubscription {
-    type Status = WebhookSubscriptionStatus;
-
-    fn common(status: &WebhookSubscriptionStatus) -> &ResourceStatus {
-        &status.common
-    }
-}
 
 /// The name of the Secret the operator generates for the subscription
 /// `name`: stable, so a restarted operator finds it again instead of
@@ -204,19 +195,6 @@ impl Reconciled for WebhookSubscription {
 
     fn api(&self, client: kube::Client) -> Api<Self> {
         Api::namespaced(client, &self.namespace().unwrap_or_default())
-    }
-
-    fn current_status(&self) -> Option<&WebhookSubscriptionStatus> {
-        self.status.as_ref()
-    }
-
-    fn status_from(
-        outcome: &Outcome,
-        previous: Option<&WebhookSubscriptionStatus>,
-        generation: Option<i64>,
-        now: &str,
-    ) -> WebhookSubscriptionStatus {
-        Report::from(outcome.clone()).status(previous, generation, now)
     }
 
     async fn reconcile(
