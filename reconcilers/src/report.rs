@@ -227,6 +227,84 @@ pub fn with_approval(mut outcome: Outcome, approver: Option<String>, approval_ap
     outcome
 }
 
+/// What the two-person rule lets a planned write do.
+#[derive(Clone, Debug)]
+pub enum Passage {
+    /// Write now, carrying this approval if one was needed.
+    Go {
+        /// The approval the write carries out.
+        approved: Option<ApprovedChange>,
+        /// Whether a policy covers the object (the Approved condition stays).
+        approval_applies: bool,
+    },
+    /// Do not write; report this.
+    Held(Outcome),
+}
+
+/// A planned write of one object, as the two-person rule sees it.
+#[derive(Clone, Debug)]
+pub struct Planned<'a> {
+    /// Kind.
+    pub kind: &'static str,
+    /// The object's metadata (uid, name, annotations).
+    pub meta: &'a k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    /// create or update; None for writes nobody needs to approve (drift, digest).
+    pub operation: Option<Operation>,
+    /// Digest of the change.
+    pub digest: &'a str,
+    /// The spec as it would be applied.
+    pub spec: serde_json::Value,
+    /// How a held create is kept, e.g. `tenant "acme" is not created`.
+    pub not_live: String,
+}
+
+/// Passes a planned write through the two-person rule: the same steps for
+/// every kind whose held create is simply not written.
+pub async fn pass(
+    pool: &sqlx::PgPool,
+    approvals: &approval::Inputs,
+    planned: Planned<'_>,
+    actor: &str,
+) -> Result<Passage, crate::Error> {
+    let Some(operation) = planned.operation else {
+        return Ok(Passage::Go {
+            approved: None,
+            approval_applies: approvals.policy.is_some(),
+        });
+    };
+    let meta = planned.meta;
+    let name = meta.name.clone().unwrap_or_default();
+    let change = approval::Change {
+        kind: planned.kind,
+        object_key: match &meta.namespace {
+            Some(ns) => format!("{ns}/{name}"),
+            None => name,
+        },
+        uid: meta.uid.as_deref().unwrap_or_default(),
+        annotations: meta.annotations.as_ref(),
+        operation,
+        digest: planned.digest,
+        snapshot: planned.spec,
+    };
+    Ok(match approval::gate(pool, approvals, change, actor).await? {
+        Gate::NotRequired => Passage::Go {
+            approved: None,
+            approval_applies: false,
+        },
+        Gate::Approved(change) => Passage::Go {
+            approved: Some(change),
+            approval_applies: true,
+        },
+        Gate::Hold(decision, open_until) => Passage::Held(held(
+            &decision,
+            open_until,
+            planned.digest,
+            operation,
+            &planned.not_live,
+        )),
+    })
+}
+
 /// An annotation's value.
 pub fn annotation<'a>(annotations: Option<&'a BTreeMap<String, String>>, key: &str) -> Option<&'a String> {
     annotations.and_then(|a| a.get(key))

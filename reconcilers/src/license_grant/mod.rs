@@ -40,7 +40,7 @@ pub mod resolve;
 pub mod signature;
 pub mod validate;
 
-use crate::approval::{self, ApprovedChange, Gate};
+use crate::approval::{self, ApprovedChange};
 use crate::conditions::DesiredCondition;
 use crate::outcome::{Desired, Outcome};
 use crate::report::{self, CONFLICT_REQUEUE, cond, refused, stalled};
@@ -225,27 +225,21 @@ pub async fn reconcile(
         Cause::Adopted => Some(Operation::Update),
         Cause::DriftCorrected | Cause::RecordDigest => None,
     };
-    let mut approved = None;
-    let mut approval_applies = approvals.policy.is_some();
-    if let Some(operation) = operation {
-        let change = approval::Change {
-            kind: KIND,
-            object_key: name(lg),
-            uid: &uid,
-            annotations: lg.metadata.annotations.as_ref(),
-            operation,
-            digest: &digest,
-            snapshot: serde_json::to_value(&lg.spec)?,
-        };
-        match approval::gate(pool, approvals, change, actor).await? {
-            Gate::NotRequired => approval_applies = false,
-            Gate::Approved(change) => approved = Some(change),
-            Gate::Hold(decision, open_until) => {
-                let not_live = format!("{} is not imported", subject(lg));
-                return Ok(report::held(&decision, open_until, &digest, operation, &not_live));
-            }
-        }
-    }
+    let planned = report::Planned {
+        kind: KIND,
+        meta: &lg.metadata,
+        operation,
+        digest: &digest,
+        spec: serde_json::to_value(&lg.spec)?,
+        not_live: format!("{} is not imported", subject(lg)),
+    };
+    let (approved, approval_applies) = match report::pass(pool, approvals, planned, actor).await? {
+        report::Passage::Held(outcome) => return Ok(outcome),
+        report::Passage::Go {
+            approved,
+            approval_applies,
+        } => (approved, approval_applies),
+    };
     let approver = approved.as_ref().map(|a| a.approver.clone());
     let who = attribution(lg, actor, digest.clone(), approved);
     let id = apply::write(pool, row_id, &values, cause, &who).await?;

@@ -5,7 +5,7 @@ pub mod plan;
 pub mod resolve;
 pub mod validate;
 
-use crate::approval::{self, ApprovedChange, Gate};
+use crate::approval::{self, ApprovedChange};
 use crate::outcome::Outcome;
 use crate::report::{self, CONFLICT_REQUEUE, refused, stalled};
 use apply::Attribution;
@@ -52,27 +52,21 @@ pub async fn reconcile(
         Plan::Update { cause, .. } if *cause != plan::UpdateCause::DriftCorrected => Some(Operation::Update),
         _ => None,
     };
-    let mut approved = None;
-    let mut approval_applies = approvals.policy.is_some();
-    if let Some(operation) = operation {
-        let change = approval::Change {
-            kind: KIND,
-            object_key: tenant.metadata.name.clone().unwrap_or_default(),
-            uid: &uid,
-            annotations: tenant.metadata.annotations.as_ref(),
-            operation,
-            digest: &digest,
-            snapshot: serde_json::to_value(&tenant.spec)?,
-        };
-        match approval::gate(pool, approvals, change, actor).await? {
-            Gate::NotRequired => approval_applies = false,
-            Gate::Approved(change) => approved = Some(change),
-            Gate::Hold(decision, open_until) => {
-                let not_live = format!("tenant {slug:?} is not created");
-                return Ok(report::held(&decision, open_until, &digest, operation, &not_live));
-            }
-        }
-    }
+    let planned = report::Planned {
+        kind: KIND,
+        meta: &tenant.metadata,
+        operation,
+        digest: &digest,
+        spec: serde_json::to_value(&tenant.spec)?,
+        not_live: format!("tenant {slug:?} is not created"),
+    };
+    let (approved, approval_applies) = match report::pass(pool, approvals, planned, actor).await? {
+        report::Passage::Held(outcome) => return Ok(outcome),
+        report::Passage::Go {
+            approved,
+            approval_applies,
+        } => (approved, approval_applies),
+    };
     let approver = approved.as_ref().map(|a| a.approver.clone());
     let who = attribution(tenant, actor, digest.clone(), approved);
     let written = apply::apply(pool, &plan, &who).await?;
