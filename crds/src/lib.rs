@@ -66,6 +66,17 @@ pub mod annotations {
     pub const ROTATE_SECRET: &str = "countersign.dev/rotate-secret";
 }
 
+/// Labels Countersign reads.
+pub mod labels {
+    /// On a Secret: what the operator may use it for. A
+    /// WebhookSubscription's `spec.signingSecretRef` may only name a Secret
+    /// labelled with [`SECRET_USE_WEBHOOK_SIGNING`], so a user who cannot
+    /// read a Secret cannot have the operator sign deliveries with it.
+    pub const SECRET_USE: &str = "countersign.dev/secret-use";
+    /// The [`SECRET_USE`] value of a webhook signing secret.
+    pub const SECRET_USE_WEBHOOK_SIGNING: &str = "webhook-signing";
+}
+
 /// Every CRD in install order (the kinds others reference come first), each
 /// with the shared printer columns after its own.
 pub fn all_crds() -> Vec<CustomResourceDefinition> {

@@ -77,11 +77,13 @@ async fn a_gitops_change_goes_live_only_after_a_second_person_approves() -> anyh
             &Patch::Merge(json!({"spec": {"name": "Edited by alice"}})),
         )
         .await?;
-    // bob's approval of the first digest does not carry over to the new one.
+    // bob's approval of the first digest was spent when it went live (and
+    // taken off the object): it does not carry over to the new one.
     let waiting = wait_tenant(&admin, &name, "a pending update", |t| {
         !pending_digest(t).is_empty()
             && pending_digest(t) != digest
-            && has_condition(t, "Approved", "False", "StaleApproval")
+            && has_condition(t, "Approved", "False", "AwaitingApproval")
+            && common::approvals::approval_annotation(t).is_none()
     })
     .await?;
     let ready = common::condition_of(waiting.status.as_ref(), "Ready")
@@ -134,9 +136,14 @@ async fn the_operator_refuses_approvals_it_must_not_honour() -> anyhow::Result<(
     })
     .await?;
     stack.approve(&ab, "bob", &digest_a).await?;
-    wait_tenant(&admin, &ab, "StaleApproval", |t| {
-        has_condition(t, "Approved", "False", "StaleApproval")
-    })
+    // Refused as stale, and taken off the object so bob can approve B afresh.
+    common::approvals::refused_as_stale(
+        &stack,
+        &ab,
+        &pending_digest(&waiting_b),
+        0,
+        "approve the current digest",
+    )
     .await?;
     assert!(stack.rows(&ab).await?.is_empty());
     let states: Vec<String> = stack.requests(&ab).await?.into_iter().map(|r| r.0).collect();
@@ -549,7 +556,7 @@ async fn a_new_identity_provider_stays_pending_and_hidden_until_a_second_admin_a
         "apiVersion": "platform.countersign.dev/v1alpha1", "kind": "GroupMapping",
         "metadata": {"name": "admins", "namespace": ns, "labels": {common::TEST_LABEL: stack.run},
                      "annotations": {"countersign.dev/requested-by": "carol"}},
-        "spec": {"identityProviderRef": {"name": "sso"}, "groupName": "acme-admins", "role": "PLATFORM_ADMIN"},
+        "spec": {"identityProviderRef": {"name": "sso"}, "groupName": "acme-admins", "role": "CLIENT_ADMIN"},
     }))?;
     Api::<GroupMapping>::namespaced(stack.cp.client_as(GITOPS, &["system:serviceaccounts"]).await?, &ns)
         .create(&PostParams::default(), &mapping)
@@ -574,11 +581,7 @@ async fn a_new_identity_provider_stays_pending_and_hidden_until_a_second_admin_a
             .fetch_one(&stack.pool)
             .await
     };
-    assert_eq!(
-        mapping_rows().await?,
-        0,
-        "a PLATFORM_ADMIN mapping is not written while it waits"
-    );
+    assert_eq!(mapping_rows().await?, 0, "a mapping is not written while it waits");
     let digest = waiting
         .status
         .as_ref()

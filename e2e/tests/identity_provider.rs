@@ -782,3 +782,83 @@ async fn a_cascading_provider_takes_its_mappings_with_it() -> anyhow::Result<()>
     w.op.shutdown().await;
     Ok(())
 }
+
+/// Attack 7: privilege from a team namespace. A GroupMapping used to be
+/// accepted from a namespace its provider's tenant had removed, and could
+/// grant the platform-wide (master-realm) roles of reference 000 from any
+/// tenant. Nothing reaches the database in either case.
+#[tokio::test]
+async fn a_team_namespace_cannot_grant_platform_roles_or_map_for_a_tenant_that_left_it() -> anyhow::Result<()> {
+    let w = world(true).await?;
+    w.put_secret("sso-oidc", "v").await?;
+    w.idps()
+        .create(
+            &PostParams::default(),
+            &w.oidc("sso", "Acme SSO", &w.stub.issuer(), json!({}))?,
+        )
+        .await?;
+    w.wait_idp("sso", "live", live).await?;
+    let before = common::approvals::guarded_tables(&w.pool).await?;
+
+    // Platform-wide roles through an ordinary tenant's provider are refused.
+    for (name, role) in [("root", "PLATFORM_ADMIN"), ("billing", "BILLING_OPERATOR")] {
+        w.mappings()
+            .create(&PostParams::default(), &w.mapping(name, "sso", name, role)?)
+            .await?;
+        let refused = w
+            .wait_mapping(name, "PlatformRoleNotPermitted", |m| {
+                gm_has(m, "Ready", "False", "PlatformRoleNotPermitted")
+                    && gm_has(m, "Stalled", "True", "PlatformRoleNotPermitted")
+            })
+            .await?;
+        let text = common::condition_of(refused.status.as_ref(), "Ready")
+            .map(|c| c.message.clone())
+            .unwrap_or_default();
+        assert!(
+            text.contains("spec.role") && text.contains(role) && text.contains(&w.tenant),
+            "{text}"
+        );
+    }
+    assert_eq!(common::approvals::guarded_tables(&w.pool).await?, before);
+
+    // The tenant stops allowing the namespace: a new mapping from it is refused.
+    let tenants: Api<Tenant> = Api::all(w.client.clone());
+    tenants
+        .patch(
+            &w.tenant,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"allowedNamespaces": ["somewhere-else"]}})),
+        )
+        .await?;
+    wait_for(
+        "the tenant row to drop the namespace",
+        async || {
+            let allowed: Vec<String> = sqlx::query_scalar("SELECT allowed_namespaces FROM tenants WHERE slug = $1")
+                .bind(&w.tenant)
+                .fetch_one(&w.pool)
+                .await?;
+            Ok(Some(json!(allowed)))
+        },
+        |v| *v == json!(["somewhere-else"]),
+    )
+    .await?;
+    let before = common::approvals::guarded_tables(&w.pool).await?;
+    w.mappings()
+        .create(
+            &PostParams::default(),
+            &w.mapping("late", "sso", "acme-staff", "CLIENT_ADMIN")?,
+        )
+        .await?;
+    let refused = w
+        .wait_mapping("late", "TenantNotPermitted", |m| {
+            gm_has(m, "Ready", "False", "TenantNotPermitted")
+        })
+        .await?;
+    let text = common::condition_of(refused.status.as_ref(), "Ready")
+        .map(|c| c.message.clone())
+        .unwrap_or_default();
+    assert!(text.contains("allowedNamespaces") && text.contains(&w.ns), "{text}");
+    assert_eq!(common::approvals::guarded_tables(&w.pool).await?, before);
+    w.op.shutdown().await;
+    Ok(())
+}

@@ -838,8 +838,12 @@ async fn an_import_under_an_approval_policy_waits_for_a_second_person() -> anyho
         ("create", Some("carol@example.com"), Some("bob"))
     );
 
-    // Deleting waits behind the finalizer for a second person too.
-    w.api().delete(&w.n("gated"), &DeleteParams::default()).await?;
+    // Deleting waits behind the finalizer for a second person too. The
+    // GitOps account prunes it as declared (a person would have to name
+    // themselves as requester first).
+    Api::<LicenseGrant>::all(cp.client_as(GITOPS, &["system:serviceaccounts"]).await?)
+        .delete(&w.n("gated"), &DeleteParams::default())
+        .await?;
     let held = w
         .wait(&w.n("gated"), "deletion awaiting approval", |lg| {
             has(lg, "Ready", "True", "DeletionAwaitingApproval")

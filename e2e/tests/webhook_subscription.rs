@@ -554,13 +554,13 @@ async fn a_verified_subscription_sends_one_signed_test_delivery_per_change() -> 
 #[tokio::test]
 async fn a_referenced_secret_is_sealed_and_rotates_when_the_secret_changes() -> anyhow::Result<()> {
     let w = world(true).await?;
-    let put = |value: String| {
+    let put_labelled = |value: String, labels: serde_json::Value| {
         let api = w.secrets();
         let ns = w.ns.clone();
         async move {
             let secret: Secret = serde_json::from_value(json!({
                 "apiVersion": "v1", "kind": "Secret",
-                "metadata": {"name": "partner-hook", "namespace": ns},
+                "metadata": {"name": "partner-hook", "namespace": ns, "labels": labels},
                 "stringData": {"hmac": value},
             }))?;
             api.patch(
@@ -590,6 +590,29 @@ async fn a_referenced_secret_is_sealed_and_rotates_when_the_secret_changes() -> 
     })
     .await?;
     assert!(w.receiver.deliveries().is_empty());
+
+    // Attack 11: a Secret the subscription's author may not read, not
+    // labelled for signing, is never read or signed with.
+    let someone_elses = format!("not-yours-{}", Uuid::new_v4().simple());
+    put_labelled(someone_elses.clone(), json!({})).await?;
+    let refused = w
+        .wait("partner", "SecretNotMarked", |ws| {
+            has(ws, "Ready", "False", "SecretNotMarked")
+        })
+        .await?;
+    assert!(
+        message(&refused, "Ready").contains("countersign.dev/secret-use=webhook-signing"),
+        "{}",
+        message(&refused, "Ready")
+    );
+    assert!(status(&refused).secret_fingerprint.is_none());
+    assert!(w.receiver.deliveries().is_empty(), "nothing was signed with it");
+    assert_eq!(count(&w.pool, "SELECT count(*) FROM webhook_subscriptions").await?, 0);
+    assert_eq!(count(&w.pool, "SELECT count(*) FROM encrypted_secrets").await?, 0);
+    assert_no_plaintext(&w, &["partner"], &[&someone_elses]).await?;
+
+    // Labelled for this use by whoever may edit it, it is used.
+    let put = |value: String| put_labelled(value, json!({"countersign.dev/secret-use": "webhook-signing"}));
     let v1 = format!("partner-{}", Uuid::new_v4().simple());
     put(v1.clone()).await?;
     let first = w

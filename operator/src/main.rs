@@ -100,6 +100,11 @@ enum DatabaseCommand {
         /// The platform operator every license grant's commercial chain must end with.
         #[arg(long, env = "COUNTERSIGN_LICENSE_OPERATOR")]
         license_operator: Option<String>,
+        /// The slug of the platform's own tenant: only its identity providers
+        /// may map groups to the platform-wide roles PLATFORM_ADMIN and
+        /// BILLING_OPERATOR. Without it, no GroupMapping may grant them.
+        #[arg(long, env = "COUNTERSIGN_PLATFORM_TENANT")]
+        platform_tenant: Option<String>,
     },
     /// Apply pending schema migrations to the API database.
     Migrate,
@@ -192,6 +197,7 @@ async fn with_database(database_url: Option<String>, command: DatabaseCommand) -
             license_keyring,
             license_vendor,
             license_operator,
+            platform_tenant,
         } => {
             let leader_election = leader_elect.then(|| LeaderElection {
                 namespace: leader_election_namespace,
@@ -246,6 +252,7 @@ async fn with_database(database_url: Option<String>, command: DatabaseCommand) -
                     secret_key,
                     outbound,
                     licensing,
+                    rule: countersign_operator::controller::RuleConfig { platform_tenant },
                 },
             )
             .await?;

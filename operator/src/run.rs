@@ -42,6 +42,8 @@ pub struct RunOptions {
     pub outbound: countersign_reconcilers::outbound::OutboundPolicy,
     /// The license keyring and the ends of the commercial chain.
     pub licensing: controller::Licensing,
+    /// The deployer's configuration of the two-person rule.
+    pub rule: controller::RuleConfig,
 }
 
 /// Where and as whom to take part in leader election.
@@ -199,6 +201,7 @@ pub async fn start(client: Client, pool: PgPool, options: RunOptions) -> Result<
         secret_key: options.secret_key.clone(),
         outbound: Some(outbound),
         licensing: Arc::new(options.licensing.clone()),
+        rule: options.rule.clone(),
     });
     let server_task = tokio::spawn(async move {
         if let Err(e) = server.await {

@@ -86,6 +86,8 @@ pub struct Mark {
 pub struct Recorded {
     /// Row id.
     pub id: Uuid,
+    /// The digest the request is for.
+    pub digest: String,
     /// pending, approved, rejected, expired or superseded.
     pub state: String,
     /// The requester recorded when the digest was first seen.
@@ -96,6 +98,18 @@ pub struct Recorded {
     pub note: Option<String>,
     /// When the request stops being approvable.
     pub expires_at: DateTime<Utc>,
+    /// Who had already approved this digest when the request was recorded:
+    /// that approval belongs to an earlier request and does not count.
+    pub predating_approval: Option<String>,
+}
+
+impl Recorded {
+    /// Whether this request still decides on `digest`: it is for that digest
+    /// and is open or was refused. An approved request is spent and a
+    /// superseded one is over, so a return to their digest is a new request.
+    pub fn decides(&self, digest: &str) -> bool {
+        self.digest == digest && matches!(self.state.as_str(), "pending" | "rejected" | "expired")
+    }
 }
 
 /// Everything the decision needs, gathered by the caller.
@@ -131,6 +145,12 @@ pub enum Decision {
         /// The digest that was approved.
         approved: String,
     },
+    /// The approval of this digest was on the object before the request was
+    /// recorded: it was given for an earlier request and is spent.
+    ApprovalPredatesRequest {
+        /// Who had approved.
+        approver: String,
+    },
     /// The requester approved their own change.
     SelfApprovalIgnored {
         /// Who.
@@ -160,7 +180,7 @@ impl Decision {
         match self {
             Self::RequesterUnknown => "RequesterUnknown",
             Self::Awaiting => "AwaitingApproval",
-            Self::StaleApproval { .. } => "StaleApproval",
+            Self::StaleApproval { .. } | Self::ApprovalPredatesRequest { .. } => "StaleApproval",
             Self::SelfApprovalIgnored { .. } => "SelfApprovalIgnored",
             Self::Rejected { .. } => "Rejected",
             Self::Expired => "ApprovalExpired",
@@ -171,12 +191,15 @@ impl Decision {
 }
 
 /// Decides on a change that a policy covers. Pure: every input is in `facts`.
+/// `facts.recorded` is the request that decides on this digest (see
+/// [`Recorded::decides`]); None when the digest is seen for the first time.
 pub fn decide(facts: &Facts<'_>) -> Decision {
     let Some(requester) = facts.requester.filter(|r| !r.is_empty()) else {
         return Decision::RequesterUnknown;
     };
-    // A decision recorded for this digest stands, whatever the annotations say now.
-    if let Some(rec) = facts.recorded {
+    let recorded = facts.recorded.filter(|r| r.decides(facts.digest));
+    // A decision recorded for this request stands, whatever the annotations say now.
+    if let Some(rec) = recorded {
         match rec.state.as_str() {
             "rejected" => {
                 return Decision::Rejected {
@@ -185,22 +208,17 @@ pub fn decide(facts: &Facts<'_>) -> Decision {
                 };
             }
             "expired" => return Decision::Expired,
-            "approved" => {
-                return Decision::Approved {
-                    approver: rec.decided_by.clone().unwrap_or_default(),
-                };
-            }
             _ => {}
         }
     }
-    let recorded_requester = facts.recorded.map_or(requester, |r| r.requester.as_str());
+    let recorded_requester = recorded.map_or(requester, |r| r.requester.as_str());
     if let Some(rejection) = facts.rejection.as_ref().filter(|r| r.digest == facts.digest) {
         return Decision::Rejected {
             by: rejection.by.clone(),
             reason: facts.rejection_reason.map(str::to_string),
         };
     }
-    if facts.recorded.is_some_and(|r| facts.now >= r.expires_at) {
+    if recorded.is_some_and(|r| facts.now >= r.expires_at) {
         return Decision::Expired;
     }
     let Some(approval) = &facts.approval else {
@@ -209,6 +227,18 @@ pub fn decide(facts: &Facts<'_>) -> Decision {
     if approval.digest != facts.digest {
         return Decision::StaleApproval {
             approved: approval.digest.clone(),
+        };
+    }
+    // Approvals are given for a digest shown as pending, so one that is
+    // already there when the request is first recorded, or that was there
+    // then and never went away, was given for an earlier request.
+    let predates = match recorded {
+        None => true,
+        Some(rec) => rec.predating_approval.as_deref() == Some(approval.by.as_str()),
+    };
+    if predates {
+        return Decision::ApprovalPredatesRequest {
+            approver: approval.by.clone(),
         };
     }
     if let Guard::Broken(why) = facts.guard {
@@ -224,20 +254,19 @@ pub fn decide(facts: &Facts<'_>) -> Decision {
     }
 }
 
-/// The change request of this object for this digest.
-pub async fn recorded<'e, E: sqlx::PgExecutor<'e>>(
+/// The newest change request of this object, if any: the one that decides
+/// on its current digest when [`Recorded::decides`] says so.
+pub async fn latest<'e, E: sqlx::PgExecutor<'e>>(
     executor: E,
     kind: &str,
     uid: &str,
-    digest: &str,
 ) -> Result<Option<Recorded>, sqlx::Error> {
     sqlx::query_as(
-        "SELECT id, state, requester, decided_by, note, expires_at FROM change_requests
-          WHERE kind = $1 AND object_uid = $2 AND digest = $3",
+        "SELECT id, digest, state, requester, decided_by, note, expires_at, predating_approval FROM change_requests
+          WHERE kind = $1 AND object_uid = $2 ORDER BY created_at DESC LIMIT 1",
     )
     .bind(kind)
     .bind(uid)
-    .bind(digest)
     .fetch_optional(executor)
     .await
 }
@@ -261,6 +290,8 @@ pub struct NewRequest {
     pub requester: String,
     /// Open for this long.
     pub ttl_seconds: i64,
+    /// Who had already approved this digest when it was first seen.
+    pub predating_approval: Option<String>,
 }
 
 /// An approved change, applied in the same transaction as its write.
@@ -272,8 +303,9 @@ pub struct ApprovedChange {
     pub approver: String,
 }
 
-/// Records a request the first time its digest is seen and marks the
-/// object's older pending requests superseded. Returns the request.
+/// Records a request the first time its digest is seen (or seen again after
+/// its last request was spent or superseded) and marks the object's other
+/// open requests superseded. Returns the open request for the digest.
 pub async fn record(tx: &mut Transaction<'_, Postgres>, req: &NewRequest) -> Result<Recorded, sqlx::Error> {
     sqlx::query(
         "UPDATE change_requests SET state = 'superseded', decided_at = now()
@@ -285,10 +317,11 @@ pub async fn record(tx: &mut Transaction<'_, Postgres>, req: &NewRequest) -> Res
     .execute(&mut **tx)
     .await?;
     sqlx::query_as(
-        "INSERT INTO change_requests (kind, object_key, object_uid, operation, digest, spec_snapshot, requester, expires_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, now() + make_interval(secs => $8))
-         ON CONFLICT (kind, object_uid, digest) DO UPDATE SET state = change_requests.state
-         RETURNING id, state, requester, decided_by, note, expires_at",
+        "INSERT INTO change_requests (kind, object_key, object_uid, operation, digest, spec_snapshot, requester, expires_at,
+                                      predating_approval)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, now() + make_interval(secs => $8), $9)
+         ON CONFLICT (kind, object_uid, digest) WHERE state = 'pending' DO UPDATE SET state = change_requests.state
+         RETURNING id, digest, state, requester, decided_by, note, expires_at, predating_approval",
     )
     .bind(&req.kind)
     .bind(&req.object_key)
@@ -298,8 +331,25 @@ pub async fn record(tx: &mut Transaction<'_, Postgres>, req: &NewRequest) -> Res
     .bind(&req.snapshot)
     .bind(&req.requester)
     .bind(req.ttl_seconds as f64)
+    .bind(&req.predating_approval)
     .fetch_one(&mut **tx)
     .await
+}
+
+/// Marks the object's open requests superseded: its spec moved on before
+/// reaching the gate (waiting for a dependency, invalid, refused), so no
+/// request for an older digest may be approved any more. Writes nothing when
+/// none is open.
+pub async fn supersede_open(pool: &sqlx::PgPool, kind: &str, uid: &str) -> Result<u64, sqlx::Error> {
+    Ok(sqlx::query(
+        "UPDATE change_requests SET state = 'superseded', decided_at = now()
+          WHERE kind = $1 AND object_uid = $2 AND state = 'pending'",
+    )
+    .bind(kind)
+    .bind(uid)
+    .execute(pool)
+    .await?
+    .rows_affected())
 }
 
 /// Moves a pending request to a final state.
@@ -334,6 +384,7 @@ pub async fn record_decision(
     settle_as: Option<(&str, Option<&str>, Option<&str>)>,
     actor: &str,
 ) -> Result<(), crate::Error> {
+    let existing = existing.filter(|r| r.decides(&req.digest));
     let unchanged = match (existing, settle_as) {
         (Some(rec), None) => rec.state == "pending",
         (Some(rec), Some((state, _, _))) => rec.state == state,
@@ -415,12 +466,29 @@ pub async fn gate(pool: &sqlx::PgPool, inputs: &Inputs, change: Change<'_>, acto
         }),
         _ => None,
     };
-    let recorded = recorded(pool, change.kind, change.uid, change.digest).await?;
+    let approval = pair(a::APPROVED_BY, a::APPROVED_DIGEST);
+    let recorded = latest(pool, change.kind, change.uid)
+        .await?
+        .filter(|r| r.decides(change.digest));
+    // The approval that predated the request has been removed: from now on a
+    // new approval by the same person is a fresh one.
+    let recorded = match recorded {
+        Some(rec)
+            if rec.predating_approval.is_some() && approval.as_ref().is_none_or(|m| m.digest != change.digest) =>
+        {
+            forget_predating_approval(pool, rec.id).await?;
+            Some(Recorded {
+                predating_approval: None,
+                ..rec
+            })
+        }
+        other => other,
+    };
     let intact = Guard::Intact;
     let decision = decide(&Facts {
         digest: change.digest,
         requester: get(a::REQUESTED_BY),
-        approval: pair(a::APPROVED_BY, a::APPROVED_DIGEST),
+        approval: approval.clone(),
         rejection: pair(a::REJECTED_BY, a::REJECTED_DIGEST),
         rejection_reason: get(a::REJECTED_REASON),
         recorded: recorded.as_ref(),
@@ -439,6 +507,7 @@ pub async fn gate(pool: &sqlx::PgPool, inputs: &Inputs, change: Change<'_>, acto
         snapshot: change.snapshot,
         requester: requester.into(),
         ttl_seconds: policy.request_ttl_seconds,
+        predating_approval: approval.filter(|m| m.digest == change.digest).map(|m| m.by),
     };
     let settle_as = match &decision {
         Decision::Approved { approver } => {
@@ -461,6 +530,14 @@ pub async fn gate(pool: &sqlx::PgPool, inputs: &Inputs, change: Change<'_>, acto
     Ok(Gate::Hold(decision, open_until))
 }
 
+async fn forget_predating_approval(pool: &sqlx::PgPool, id: Uuid) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE change_requests SET predating_approval = NULL WHERE id = $1")
+        .bind(id)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
 /// How long to wait before looking at a held change again by itself: until
 /// its request expires (so expiry shows without anyone touching the object),
 /// or sooner while an approval waits for the admission guard to be restored.
@@ -479,22 +556,36 @@ pub fn recheck_after(
 
 /// Marks the approved change request approved inside the write's
 /// transaction, names the approver in the write's audit entry and adds the
-/// change request to its detail.
+/// change request to its detail. The request must still be open and unexpired
+/// when the transaction runs (an approval is honoured once, before expiry);
+/// otherwise nothing is written and the next pass decides again.
 pub async fn carry_out(
     tx: &mut Transaction<'_, Postgres>,
     approved: Option<&ApprovedChange>,
     entry: &mut crate::audit::Entry,
 ) -> Result<(), crate::Error> {
     if let Some(approved) = approved {
-        let request = record(tx, &approved.request).await?;
-        settle(tx, request.id, "approved", Some(&approved.approver), None).await?;
+        let request: Option<Uuid> = sqlx::query_scalar(
+            "UPDATE change_requests SET state = 'approved', decided_by = $4, decided_at = now()
+              WHERE kind = $1 AND object_uid = $2 AND digest = $3 AND state = 'pending' AND expires_at > now()
+              RETURNING id",
+        )
+        .bind(&approved.request.kind)
+        .bind(&approved.request.uid)
+        .bind(&approved.request.digest)
+        .bind(&approved.approver)
+        .fetch_optional(&mut **tx)
+        .await?;
+        let Some(request) = request else {
+            return Err(crate::Error::Raced("the approved change request".into()));
+        };
         entry.approver = Some(approved.approver.clone());
         // Added to whatever the write's own entry says, never replacing it.
         match &mut entry.detail {
             serde_json::Value::Object(detail) => {
-                detail.insert("change_request".into(), serde_json::json!(request.id));
+                detail.insert("change_request".into(), serde_json::json!(request));
             }
-            other => *other = serde_json::json!({"change_request": request.id}),
+            other => *other = serde_json::json!({"change_request": request}),
         }
     }
     Ok(())
@@ -513,6 +604,10 @@ pub fn condition(decision: &Decision, digest: &str) -> crate::conditions::Desire
         Decision::StaleApproval { approved } => {
             format!("the approval was for digest {approved}, not the current {digest}; approve the current digest")
         }
+        Decision::ApprovalPredatesRequest { approver } => format!(
+            "the approval by {approver} was given for an earlier request of this configuration and is spent; \
+             approve digest {digest} again"
+        ),
         Decision::SelfApprovalIgnored { approver } => {
             format!("{approver} requested this change and cannot approve it; another person must")
         }
@@ -542,11 +637,13 @@ mod tests {
     fn rec(state: &str, requester: &str, expires_in: i64) -> Recorded {
         Recorded {
             id: Uuid::nil(),
+            digest: "D".into(),
             state: state.into(),
             requester: requester.into(),
             decided_by: Some("bob".into()),
             note: Some("no".into()),
             expires_at: Utc::now() + Duration::seconds(expires_in),
+            predating_approval: None,
         }
     }
 
@@ -566,6 +663,11 @@ mod tests {
         let rejected = rec("rejected", "alice", 3600);
         let approved = rec("approved", "alice", 3600);
         let expired = rec("expired", "alice", -1);
+        let superseded = rec("superseded", "alice", 3600);
+        let predated = Recorded {
+            predating_approval: Some("bob".into()),
+            ..rec("pending", "alice", 3600)
+        };
         type Case<'a> = (
             &'a str,
             Option<&'a str>,
@@ -702,13 +804,60 @@ mod tests {
                 Decision::Awaiting,
             ),
             (
-                "recorded approval stands",
+                "a spent approval does not approve a return to its digest",
+                Some("alice"),
+                mark("bob", "D"),
+                None,
+                Some(&approved),
+                &intact,
+                Decision::ApprovalPredatesRequest { approver: "bob".into() },
+            ),
+            (
+                "a spent request with no approval on the object waits for a new one",
                 Some("alice"),
                 None,
                 None,
                 Some(&approved),
                 &broken,
-                Decision::Approved { approver: "bob".into() },
+                Decision::Awaiting,
+            ),
+            (
+                "an approval already there when the digest is first seen is not for this request",
+                Some("alice"),
+                mark("bob", "D"),
+                None,
+                None,
+                &intact,
+                Decision::ApprovalPredatesRequest { approver: "bob".into() },
+            ),
+            (
+                "a superseded request can never be approved",
+                Some("alice"),
+                mark("bob", "D"),
+                None,
+                Some(&superseded),
+                &intact,
+                Decision::ApprovalPredatesRequest { approver: "bob".into() },
+            ),
+            (
+                "the predating approval never went away",
+                Some("alice"),
+                mark("bob", "D"),
+                None,
+                Some(&predated),
+                &intact,
+                Decision::ApprovalPredatesRequest { approver: "bob".into() },
+            ),
+            (
+                "another person's approval of a predated request counts",
+                Some("alice"),
+                mark("dave", "D"),
+                None,
+                Some(&predated),
+                &intact,
+                Decision::Approved {
+                    approver: "dave".into(),
+                },
             ),
         ];
         for (name, requester, approval, rejection, recorded, guard, want) in cases {

@@ -28,6 +28,28 @@ pub fn change_digest<T: Serialize>(
     Ok(hex::encode(digest(&SHA256, &buf)))
 }
 
+/// The digest of an object's declared intent: its uid, `requested-by`, spec
+/// and, when set, the adopt annotation, so that asking to take over a row is
+/// a change of intent the two-person rule sees. (Without the annotation the
+/// bytes are exactly [`change_digest`]'s, so existing digests stay valid.)
+pub fn intent_digest<T: Serialize>(
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    spec: &T,
+) -> Result<String, serde_json::Error> {
+    use countersign_crds::annotations::{ADOPT, REQUESTED_BY};
+    let annotation = |key: &str| meta.annotations.as_ref().and_then(|a| a.get(key)).map(String::as_str);
+    let uid = meta.uid.as_deref().unwrap_or_default();
+    if annotation(ADOPT) == Some("true") {
+        change_digest(
+            uid,
+            annotation(REQUESTED_BY),
+            &serde_json::json!({"adopt": true, "spec": spec}),
+        )
+    } else {
+        change_digest(uid, annotation(REQUESTED_BY), spec)
+    }
+}
+
 /// SHA-256 of arbitrary bytes, as lowercase hex.
 pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(digest(&SHA256, bytes))

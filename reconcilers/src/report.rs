@@ -77,7 +77,8 @@ pub fn waiting(reason: &'static str, message: String) -> Outcome {
         ],
         live: Desired::Unchanged,
         requeue_after: Some(WAIT_REQUEUE),
-        pending_digest: None,
+        // The gate was not reached: no digest of this spec awaits approval.
+        pending_digest: Some(None),
         drop_conditions: Vec::new(),
     }
 }
@@ -112,7 +113,8 @@ fn not_live(reason: &'static str, message: String, synced: DesiredCondition, liv
         ],
         live,
         requeue_after: None,
-        pending_digest: None,
+        // The gate was not reached: no digest of this spec awaits approval.
+        pending_digest: Some(None),
         drop_conditions: Vec::new(),
     }
 }
@@ -225,6 +227,37 @@ pub fn with_approval(mut outcome: Outcome, approver: Option<String>, approval_ap
         outcome.drop_conditions.push(APPROVED);
     }
     outcome
+}
+
+/// What a planned write does to the object's declared intent (its spec,
+/// requester and adopt annotation): the one mapping from a write to the
+/// operation the two-person rule judges, the same for every kind. Only
+/// restoring what is approved (drift correction, a referenced Secret's
+/// content rotating) needs nobody.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Intent {
+    /// A row this object makes.
+    New,
+    /// A row made outside Countersign that the adopt annotation takes over:
+    /// judged as a create, since from now on the object decides the row.
+    TakeOver,
+    /// The declared intent changed, whether or not the row does (a
+    /// deletion policy, a different Secret, a new requester).
+    Changed,
+    /// The row is brought back to, or kept at, what was approved.
+    Restored,
+}
+
+impl Intent {
+    /// The operation an ApprovalPolicy (or the floor) must cover for the
+    /// write to need a second person; None when nobody needs to approve it.
+    pub fn operation(self) -> Option<Operation> {
+        match self {
+            Self::New | Self::TakeOver => Some(Operation::Create),
+            Self::Changed => Some(Operation::Update),
+            Self::Restored => None,
+        }
+    }
 }
 
 /// What the two-person rule lets a planned write do.

@@ -11,6 +11,7 @@ use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::json;
 use sqlx::PgPool;
+use std::time::Duration;
 
 /// The GitOps service account the policy trusts to declare requesters.
 pub const GITOPS: &str = "system:serviceaccount:argocd:argocd-application-controller";
@@ -137,5 +138,87 @@ impl Stack {
         .bind(name)
         .fetch_all(&self.pool)
         .await?)
+    }
+}
+
+/// The tables the two-person rule protects, as text, row by row in a stable
+/// order: an attack that must change nothing leaves this string as it was.
+pub async fn guarded_tables(pool: &PgPool) -> anyhow::Result<String> {
+    let mut all = String::new();
+    for (table, order) in [
+        ("tenants", "id"),
+        ("identity_providers", "id"),
+        ("group_mappings", "id"),
+        ("change_requests", "created_at, id"),
+        ("audit_log", "seq"),
+    ] {
+        // Table and column names are the constants above, not input.
+        let sql = format!("SELECT coalesce(string_agg(to_jsonb(t)::text, E'\\n' ORDER BY {order}), '') FROM {table} t");
+        let text: String = sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).fetch_one(pool).await?;
+        all.push_str(&format!("== {table}\n{text}\n"));
+    }
+    Ok(all)
+}
+
+/// The object's status.pendingDigest, or "" when none is shown.
+pub fn pending_digest(t: &Tenant) -> String {
+    t.status
+        .as_ref()
+        .and_then(|s| s.pending_digest.clone())
+        .unwrap_or_default()
+}
+
+/// The approved-by annotation, if the object carries one.
+pub fn approval_annotation(t: &Tenant) -> Option<&String> {
+    t.annotations().get("countersign.dev/approved-by")
+}
+
+/// The notes of the StaleApproval events recorded for the object.
+pub async fn stale_approval_events(stack: &Stack, name: &str) -> anyhow::Result<Vec<String>> {
+    Ok(super::events_for(&stack.admin, name)
+        .await?
+        .into_iter()
+        .filter(|(reason, _)| reason == "StaleApproval")
+        .map(|(_, note)| note)
+        .collect())
+}
+
+/// Waits until the approval left on the object was refused because it was
+/// given for an earlier request, taken off the object, and `digest` awaits a
+/// fresh approval.
+pub async fn refused_as_predating(stack: &Stack, name: &str, digest: &str, events_before: usize) -> anyhow::Result<()> {
+    refused_as_stale(stack, name, digest, events_before, "earlier request").await
+}
+
+/// Waits until the approval on the object was refused as stale (an event
+/// whose note contains `because`), taken off the object, and `digest` awaits
+/// a fresh approval.
+pub async fn refused_as_stale(
+    stack: &Stack,
+    name: &str,
+    digest: &str,
+    events_before: usize,
+    because: &str,
+) -> anyhow::Result<()> {
+    let admin: Api<Tenant> = Api::all(stack.admin.clone());
+    wait_tenant(&admin, name, "awaiting a fresh approval", |t| {
+        has_condition(t, "Approved", "False", "AwaitingApproval")
+            && pending_digest(t) == digest
+            && approval_annotation(t).is_none()
+    })
+    .await?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let events = stale_approval_events(stack, name).await?;
+        if events.len() > events_before {
+            let note = events.last().cloned().unwrap_or_default();
+            anyhow::ensure!(note.contains(because), "{note}");
+            return Ok(());
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "no StaleApproval event for {name}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }

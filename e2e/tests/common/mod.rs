@@ -108,6 +108,7 @@ pub async fn operator_with(
         secret_key: Some(std::sync::Arc::new(test_key())),
         outbound: Default::default(),
         licensing: Default::default(),
+        rule: Default::default(),
     };
     adjust(&mut options);
     Ok(start(client.clone(), pool.clone(), options).await?)

@@ -28,7 +28,14 @@ impl Reconciled for GroupMapping {
         approvals: &Inputs,
         now: &str,
     ) -> Result<(ResourceStatus, Option<Duration>), Error> {
-        let outcome = pipeline::reconcile(self, &ctx.pool, &ctx.actor, approvals).await?;
+        let outcome = pipeline::reconcile(
+            self,
+            &ctx.pool,
+            &ctx.actor,
+            approvals,
+            ctx.rule.platform_tenant.as_deref(),
+        )
+        .await?;
         let status = outcome.status(self.status.as_ref(), self.metadata.generation, now);
         Ok((status, outcome.requeue_after))
     }

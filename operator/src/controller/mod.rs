@@ -52,6 +52,19 @@ pub struct Context {
     pub outbound: Option<countersign_reconcilers::outbound::OutboundClient>,
     /// What license grants are checked against.
     pub licensing: Arc<Licensing>,
+    /// How whoever deploys the operator configured the two-person rule.
+    pub rule: RuleConfig,
+}
+
+/// What the deployer of the operator decides about the two-person rule:
+/// operator options, so nobody who only edits Countersign objects can change
+/// them.
+#[derive(Clone, Debug, Default)]
+pub struct RuleConfig {
+    /// The slug of the platform's own tenant: only its identity providers
+    /// may map groups to platform-wide roles (PLATFORM_ADMIN,
+    /// BILLING_OPERATOR). None: no tenant may.
+    pub platform_tenant: Option<String>,
 }
 
 /// What license grants are checked against (DESIGN.md §1, reference 000).

@@ -10,7 +10,7 @@ use countersign_reconcilers::Outcome;
 use countersign_reconcilers::approval::{ApprovedChange, Inputs};
 use countersign_reconcilers::report::DeletionGate;
 use kube::ResourceExt;
-use kube::api::Api;
+use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use serde::Serialize;
@@ -139,7 +139,9 @@ async fn apply<K: Reconciled>(api: &Api<K>, obj: &K, ctx: &Context) -> Result<Ac
     let now = now();
     match obj.reconcile(ctx, &approvals, &now).await {
         Ok((new, requeue_after)) => {
+            settle_requests::<K>(obj, previous, &new, ctx).await?;
             status::write(api, obj, previous, &new, ctx).await?;
+            consume_approval(api, obj, &new).await;
             Ok(Action::requeue(requeue_after.unwrap_or(ctx.resync)))
         }
         Err(Error::Reconcile(e)) => {
@@ -151,6 +153,71 @@ async fn apply<K: Reconciled>(api: &Api<K>, obj: &K, ctx: &Context) -> Result<Ac
             Err(Error::Reconcile(e))
         }
         Err(e) => Err(e),
+    }
+}
+
+/// A pass that cleared the pending digest ended before the gate (the spec
+/// moved on and now waits, is invalid or is refused) or found the spec live:
+/// no older request of this object may be approved any more. Runs only when
+/// the status showed a pending digest, so a settled object costs nothing.
+async fn settle_requests<K: Reconciled>(
+    obj: &K,
+    previous: Option<&K::Status>,
+    new: &K::Status,
+    ctx: &Context,
+) -> Result<(), Error> {
+    let was_pending = previous.is_some_and(|p| K::common(p).pending_digest.is_some());
+    if was_pending && K::common(new).pending_digest.is_none() {
+        let uid = obj.uid().unwrap_or_default();
+        countersign_reconcilers::approval::supersede_open(&ctx.pool, K::KIND, &uid)
+            .await
+            .map_err(|e| Error::Reconcile(e.into()))?;
+    }
+    Ok(())
+}
+
+/// An approval annotation is used once: when the change it approved went
+/// live, or when it was judged stale, the operator removes it, so a later
+/// return to the same digest needs a fresh approval and an approver can
+/// approve again by setting it anew. The removal only goes through if the
+/// annotations still hold what was judged (JSON patch `test`); if it fails,
+/// the change request's record of a predating approval still keeps the old
+/// one from counting.
+async fn consume_approval<K: Reconciled>(api: &Api<K>, obj: &K, new: &K::Status) {
+    use countersign_crds::annotations::{APPROVED_BY, APPROVED_DIGEST};
+    use countersign_crds::status::APPROVED;
+    let annotations = obj.annotations();
+    let (Some(by), Some(digest)) = (annotations.get(APPROVED_BY), annotations.get(APPROVED_DIGEST)) else {
+        return;
+    };
+    let common = K::common(new);
+    let spent = common.condition(APPROVED).is_some_and(|c| {
+        (c.status == countersign_crds::ConditionStatus::True && common.live_digest.as_ref() == Some(digest))
+            || (c.status == countersign_crds::ConditionStatus::False && c.reason == "StaleApproval")
+    });
+    if !spent {
+        return;
+    }
+    let path = |key: &str| format!("/metadata/annotations/{}", key.replace('~', "~0").replace('/', "~1"));
+    let ops = serde_json::json!([
+        {"op": "test", "path": path(APPROVED_BY), "value": by},
+        {"op": "test", "path": path(APPROVED_DIGEST), "value": digest},
+        {"op": "remove", "path": path(APPROVED_BY)},
+        {"op": "remove", "path": path(APPROVED_DIGEST)},
+    ]);
+    let patch = match serde_json::from_value::<json_patch::Patch>(ops) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not build the approval removal");
+            return;
+        }
+    };
+    if let Err(e) = api
+        .patch(&obj.name_any(), &PatchParams::default(), &Patch::<()>::Json(patch))
+        .await
+    {
+        // A changed annotation fails the test: the next pass judges the new one.
+        tracing::debug!(error = %e, "spent approval annotations not removed");
     }
 }
 

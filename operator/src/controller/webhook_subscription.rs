@@ -89,6 +89,21 @@ async fn signing_secret(ws: &WebhookSubscription, ctx: &Context) -> Result<(Sign
                 None,
             ));
         };
+        // Only a Secret labelled for signing is read: naming a Secret one
+        // cannot read must not let one sign deliveries to any URL with it.
+        let marked = secret
+            .labels()
+            .get(countersign_crds::labels::SECRET_USE)
+            .map(String::as_str)
+            == Some(countersign_crds::labels::SECRET_USE_WEBHOOK_SIGNING);
+        if !marked {
+            return Ok((
+                SigningSecret::NotMarked {
+                    secret: reference.name.clone(),
+                },
+                None,
+            ));
+        }
         return Ok(match secret.data.and_then(|mut d| d.remove(&reference.key)) {
             Some(bytes) => (SigningSecret::Found(bytes.0), None),
             None => (

@@ -55,8 +55,7 @@ pub async fn reconcile(
         Err(invalid) => return Ok(stalled("InvalidSpec", invalid.to_string())),
     };
     let uid = link.metadata.uid.clone().unwrap_or_default();
-    let requester = annotation(link, annotations::REQUESTED_BY);
-    let digest = crate::digest::change_digest(&uid, requester.map(String::as_str), &link.spec)?;
+    let digest = crate::digest::intent_digest(&link.metadata, &link.spec)?;
     let observed = resolve::observe(pool, &uid, &desired.source_slug, &desired.target_slug).await?;
     let adopt = annotation(link, annotations::ADOPT).is_some_and(|v| v == "true");
     let (row_id, values, cause) = match plan::plan(&desired, &observed, &digest, adopt) {

@@ -39,6 +39,17 @@ pub enum Cause {
 }
 
 impl Cause {
+    /// What this write does to the declared intent (see [`crate::report::Intent`]).
+    pub fn intent(self) -> crate::report::Intent {
+        use crate::report::Intent;
+        match self {
+            Self::Create => Intent::New,
+            Self::Adopted => Intent::TakeOver,
+            Self::DriftCorrected => Intent::Restored,
+            Self::SpecChanged | Self::RecordDigest => Intent::Changed,
+        }
+    }
+
     /// The audit action.
     pub fn action(self) -> &'static str {
         match self {

@@ -44,12 +44,15 @@ fn attribution(gm: &GroupMapping, actor: &str, digest: String, approval: Option<
     Attribution::of(&gm.metadata, actor, digest, approval)
 }
 
-/// Brings the database in line with the GroupMapping.
+/// Brings the database in line with the GroupMapping. `platform_tenant` is
+/// the slug of the platform's own tenant, the only one whose providers may
+/// grant platform-wide roles (operator configuration).
 pub async fn reconcile(
     gm: &GroupMapping,
     pool: &PgPool,
     actor: &str,
     approvals: &approval::Inputs,
+    platform_tenant: Option<&str>,
 ) -> Result<Outcome, crate::Error> {
     let desired = match validate::validate(&gm.spec) {
         Ok(d) => d,
@@ -57,18 +60,45 @@ pub async fn reconcile(
     };
     let uid = gm.metadata.uid.clone().unwrap_or_default();
     let namespace = gm.metadata.namespace.clone().unwrap_or_default();
-    let requester = annotation(gm, annotations::REQUESTED_BY);
-    let digest = crate::digest::change_digest(&uid, requester.map(String::as_str), &gm.spec)?;
+    let digest = crate::digest::intent_digest(&gm.metadata, &gm.spec)?;
     let provider = desired.provider_name.clone();
     let group = desired.group_name.clone();
     let observed = resolve::observe(pool, &uid, &namespace, &provider, &group).await?;
     let adopt = annotation(gm, annotations::ADOPT).is_some_and(|v| v == "true");
-    let (row_id, values, cause) = match plan::plan(desired, &observed, &digest, adopt) {
+    let role = desired.role;
+    let subject_of_plan = plan::Subject {
+        namespace: &namespace,
+        digest: &digest,
+        adopt,
+        platform_tenant,
+    };
+    let existing_row = observed.ours.as_ref().map(|(row, _)| row.id);
+    let (row_id, values, cause) = match plan::plan(desired, &observed, &subject_of_plan) {
         Plan::WaitForProvider => {
             return Ok(report::waiting(
                 "WaitingForDependency",
                 format!("spec.identityProviderRef: identity provider {provider:?} is not in the API database yet"),
             ));
+        }
+        Plan::NotPermitted { tenant_slug } => {
+            return Ok(report::not_permitted(&tenant_slug, &namespace, existing_row));
+        }
+        Plan::PlatformRoleNotPermitted { tenant_slug } => {
+            let message = format!(
+                "spec.role: {role} is a platform-wide role and can only be granted through an identity provider of \
+                 the platform's own tenant (the operator's --platform-tenant), not of tenant {tenant_slug:?}; \
+                 nothing was written"
+            );
+            return Ok(match existing_row {
+                None => refused("PlatformRoleNotPermitted", message),
+                Some(id) => Outcome {
+                    live: crate::outcome::Desired::Unchanged,
+                    ..refused(
+                        "PlatformRoleNotPermitted",
+                        format!("{message}; the row written before (id {id}) stays as it was"),
+                    )
+                },
+            });
         }
         Plan::AlreadyExists { row_id } => {
             return Ok(refused(

@@ -39,6 +39,17 @@ pub enum Cause {
 }
 
 impl Cause {
+    /// What this write does to the declared intent (see [`crate::report::Intent`]).
+    pub fn intent(self) -> crate::report::Intent {
+        use crate::report::Intent;
+        match self {
+            Self::Create => Intent::New,
+            Self::Adopted => Intent::TakeOver,
+            Self::DriftCorrected => Intent::Restored,
+            Self::SpecChanged | Self::RecordDigest => Intent::Changed,
+        }
+    }
+
     /// The audit action.
     pub fn action(self) -> &'static str {
         match self {
@@ -56,6 +67,17 @@ impl Cause {
 pub enum Plan {
     /// The referenced provider is not live in the database (yet).
     WaitForProvider,
+    /// The provider's tenant does not list the mapping's namespace.
+    NotPermitted {
+        /// The tenant's slug.
+        tenant_slug: String,
+    },
+    /// A platform-wide role through a provider of a tenant other than the
+    /// platform's own.
+    PlatformRoleNotPermitted {
+        /// The provider's tenant.
+        tenant_slug: String,
+    },
     /// A row made outside the operator maps the group and no adopt annotation is set.
     AlreadyExists {
         /// The existing row.
@@ -82,11 +104,43 @@ pub enum Plan {
     },
 }
 
+/// The object being planned for, beyond its spec.
+#[derive(Clone, Copy, Debug)]
+pub struct Subject<'a> {
+    /// The mapping's namespace.
+    pub namespace: &'a str,
+    /// Digest of the declared intent.
+    pub digest: &'a str,
+    /// Whether the adopt annotation is set.
+    pub adopt: bool,
+    /// The slug of the platform's own tenant (operator configuration); None
+    /// when no tenant may grant platform-wide roles.
+    pub platform_tenant: Option<&'a str>,
+}
+
 /// Decides what to write.
-pub fn plan(desired: DesiredMapping, observed: &Observed, digest: &str, adopt: bool) -> Plan {
+pub fn plan(desired: DesiredMapping, observed: &Observed, subject: &Subject<'_>) -> Plan {
+    let Subject {
+        namespace,
+        digest,
+        adopt,
+        platform_tenant,
+    } = *subject;
     let Some(provider) = &observed.provider else {
         return Plan::WaitForProvider;
     };
+    // Judged by the provider's tenant like every namespaced kind: a mapping
+    // grants a role in that tenant, so that tenant must allow the namespace.
+    if !provider.allowed_namespaces.iter().any(|ns| ns == namespace) {
+        return Plan::NotPermitted {
+            tenant_slug: provider.tenant_slug.clone(),
+        };
+    }
+    if super::validate::is_platform_wide(desired.role) && platform_tenant != Some(provider.tenant_slug.as_str()) {
+        return Plan::PlatformRoleNotPermitted {
+            tenant_slug: provider.tenant_slug.clone(),
+        };
+    }
     let values = Values {
         identity_provider_id: provider.id,
         group_name: desired.group_name,
@@ -163,6 +217,8 @@ mod tests {
             provider: Some(ProviderLive {
                 id: Uuid::from_u128(1),
                 status: "ACTIVE".into(),
+                tenant_slug: "acme".into(),
+                allowed_namespaces: vec!["team-a".into()],
             }),
             ours,
             group_taken: taken,
@@ -231,7 +287,50 @@ mod tests {
             ),
         ];
         for (name, obs, adopt, want) in cases {
-            assert_eq!(cause(plan(desired("AUDITOR"), &obs, "d", adopt)), want, "{name}");
+            let subject = Subject {
+                namespace: "team-a",
+                digest: "d",
+                adopt,
+                platform_tenant: None,
+            };
+            assert_eq!(cause(plan(desired("AUDITOR"), &obs, &subject)), want, "{name}");
         }
+    }
+
+    #[test]
+    fn a_mapping_is_judged_by_its_providers_tenant() {
+        let obs = observed(None, None);
+        let subject = |namespace, platform_tenant| Subject {
+            namespace,
+            digest: "d",
+            adopt: false,
+            platform_tenant,
+        };
+        assert_eq!(
+            plan(desired("AUDITOR"), &obs, &subject("team-b", None)),
+            Plan::NotPermitted {
+                tenant_slug: "acme".into()
+            }
+        );
+        for role in ["PLATFORM_ADMIN", "BILLING_OPERATOR"] {
+            for platform in [None, Some("platform")] {
+                assert_eq!(
+                    plan(desired(role), &obs, &subject("team-a", platform)),
+                    Plan::PlatformRoleNotPermitted {
+                        tenant_slug: "acme".into()
+                    },
+                    "{role} from an ordinary tenant"
+                );
+            }
+            assert_eq!(
+                cause(plan(desired(role), &obs, &subject("team-a", Some("acme")))),
+                Ok(Cause::Create),
+                "{role} through the platform's own tenant"
+            );
+        }
+        assert_eq!(
+            cause(plan(desired("CLIENT_ADMIN"), &obs, &subject("team-a", None))),
+            Ok(Cause::Create)
+        );
     }
 }

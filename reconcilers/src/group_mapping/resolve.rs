@@ -24,6 +24,10 @@ pub struct ProviderLive {
     pub id: Uuid,
     /// PENDING_APPROVAL or ACTIVE.
     pub status: String,
+    /// The slug of the provider's tenant.
+    pub tenant_slug: String,
+    /// The namespaces the provider's tenant (its live row) lets declare objects for it.
+    pub allowed_namespaces: Vec<String>,
 }
 
 /// Everything the planner needs to know about the database.
@@ -45,15 +49,22 @@ pub async fn observe(
     provider_name: &str,
     group_name: &str,
 ) -> Result<Observed, sqlx::Error> {
-    let provider: Option<(Uuid, String)> = sqlx::query_as(
-        "SELECT p.id, p.status FROM managed_objects m JOIN identity_providers p ON p.id = m.row_id
-          WHERE m.kind = 'IdentityProvider' AND m.object_ns = $1 AND m.object_name = $2 AND p.deleted_at IS NULL",
+    let provider: Option<(Uuid, String, String, Vec<String>)> = sqlx::query_as(
+        "SELECT p.id, p.status, t.slug, t.allowed_namespaces
+           FROM managed_objects m JOIN identity_providers p ON p.id = m.row_id JOIN tenants t ON t.id = p.tenant_id
+          WHERE m.kind = 'IdentityProvider' AND m.object_ns = $1 AND m.object_name = $2 AND p.deleted_at IS NULL
+            AND t.deleted_at IS NULL",
     )
     .bind(namespace)
     .bind(provider_name)
     .fetch_optional(pool)
     .await?;
-    let provider = provider.map(|(id, status)| ProviderLive { id, status });
+    let provider = provider.map(|(id, status, tenant_slug, allowed_namespaces)| ProviderLive {
+        id,
+        status,
+        tenant_slug,
+        allowed_namespaces,
+    });
     let ours = match db::owned_by_object(pool, super::KIND, uid).await? {
         Some(owner) => {
             let row: Option<MappingRow> = sqlx::query_as(

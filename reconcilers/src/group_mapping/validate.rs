@@ -26,6 +26,13 @@ pub fn role_name(role: PlatformRole) -> &'static str {
     }
 }
 
+/// Whether a role is platform-wide (a master-realm role in reference 000)
+/// rather than scoped to one client organization: such a role may only be
+/// granted through a provider of the platform's own tenant.
+pub fn is_platform_wide(role: &str) -> bool {
+    matches!(role, "PLATFORM_ADMIN" | "BILLING_OPERATOR")
+}
+
 /// Validates the spec and builds the desired row.
 pub fn validate(spec: &GroupMappingSpec) -> Result<DesiredMapping, Invalid> {
     // Group names are matched byte for byte against the token's claim, so

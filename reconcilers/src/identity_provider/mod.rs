@@ -199,10 +199,9 @@ pub async fn reconcile<C: ProviderChecks>(
             .into());
         }
     };
-    let requester = annotation(idp, annotations::REQUESTED_BY);
     let uid = idp.metadata.uid.clone().unwrap_or_default();
     let namespace = idp.metadata.namespace.clone().unwrap_or_default();
-    let digest = crate::digest::change_digest(&uid, requester.map(String::as_str), &idp.spec)?;
+    let digest = crate::digest::intent_digest(&idp.metadata, &idp.spec)?;
     let observed = resolve::observe(pool, &uid, &desired.tenant_name, &desired.name).await?;
     let tenant_name = desired.tenant_name.clone();
     let plan = plan::plan(
@@ -308,7 +307,7 @@ pub async fn reconcile<C: ProviderChecks>(
                     ],
                     live: Desired::Unchanged,
                     requeue_after: Some(RECHECK_AFTER_FAILURE),
-                    pending_digest: None,
+                    pending_digest: Some(None),
                     drop_conditions: Vec::new(),
                 },
                 secret_fingerprint: Some(stored_fp),
@@ -319,10 +318,8 @@ pub async fn reconcile<C: ProviderChecks>(
     }
     let operation = if w.is_create {
         Some(Operation::Create)
-    } else if w.cause.changes_configuration() {
-        Some(Operation::Update)
     } else {
-        None
+        w.cause.intent().operation()
     };
     let mut approved = None;
     let mut approval_applies = inputs.approvals.policy.is_some();
@@ -349,8 +346,9 @@ pub async fn reconcile<C: ProviderChecks>(
                     operation,
                     &format!("{} is stored {PENDING_APPROVAL} and not exposed", subject(&name)),
                 );
-                if operation == Operation::Update {
-                    // The approved configuration stays live and untouched.
+                if operation == Operation::Update || w.cause == plan::Cause::Adopted {
+                    // The approved configuration (or, for a take-over, the
+                    // row as its maker left it) stays live and untouched.
                     return Ok(Report {
                         outcome: held,
                         secret_fingerprint: Some(stored_fp),
@@ -455,7 +453,7 @@ fn in_use_outcome(name: &str, mappings: i64) -> Outcome {
         ],
         live: Desired::Unchanged,
         requeue_after: None,
-        pending_digest: None,
+        pending_digest: Some(None),
         drop_conditions: Vec::new(),
     }
 }

@@ -81,6 +81,19 @@ impl Cause {
         matches!(self, Self::Create | Self::Activate | Self::SpecChanged | Self::Adopted)
     }
 
+    /// What this write does to the declared intent (see [`crate::report::Intent`]).
+    pub fn intent(self) -> crate::report::Intent {
+        use crate::report::Intent;
+        match self {
+            Self::Create | Self::Activate => Intent::New,
+            Self::Adopted => Intent::TakeOver,
+            // The referenced Secret's content rotates at once: an old secret
+            // must stop working without waiting for a review.
+            Self::DriftCorrected | Self::SecretRotated => Intent::Restored,
+            Self::SpecChanged | Self::RecordDigest => Intent::Changed,
+        }
+    }
+
     /// The audit action.
     pub fn action(self) -> &'static str {
         match self {
@@ -205,7 +218,10 @@ pub fn plan(desired: DesiredIdp, observed: &Observed, subject: &Subject<'_>) -> 
         _ if pending => Cause::Activate,
         (false, true) => Cause::DriftCorrected,
         (false, false) => Cause::SpecChanged,
-        (true, _) if rotate_secret => Cause::SecretRotated,
+        // The same Secret with new content: a rotation. A spec naming a
+        // different Secret is a change of configuration like any other.
+        (true, true) if rotate_secret => Cause::SecretRotated,
+        (true, false) if rotate_secret => Cause::SpecChanged,
         (true, false) => Cause::RecordDigest,
         (true, true) => return Plan::Noop { row_id: row.id },
     };

@@ -133,8 +133,7 @@ pub async fn reconcile(
         ));
     }
     let uid = lg.metadata.uid.clone().unwrap_or_default();
-    let requester = annotation(lg, annotations::REQUESTED_BY);
-    let digest = crate::digest::change_digest(&uid, requester.map(String::as_str), &lg.spec)?;
+    let digest = crate::digest::intent_digest(&lg.metadata, &lg.spec)?;
     let reference = desired.reference().map(|(_, id)| id);
     let observed = resolve::observe(pool, &uid, &desired.tenant_name, desired.grant_id, reference).await?;
     let imported = observed.ours.is_some();

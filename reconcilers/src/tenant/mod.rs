@@ -9,7 +9,6 @@ use crate::approval::{self, ApprovedChange};
 use crate::outcome::Outcome;
 use crate::report::{self, CONFLICT_REQUEUE, refused, stalled};
 use apply::Attribution;
-use countersign_crds::approval_policy::Operation;
 use countersign_crds::{DeletionPolicy, Tenant, annotations};
 use plan::Plan;
 use sqlx::PgPool;
@@ -39,17 +38,17 @@ pub async fn reconcile(
         Ok(d) => d,
         Err(invalid) => return Ok(stalled("InvalidSpec", invalid.to_string())),
     };
-    let requester = annotation(tenant, annotations::REQUESTED_BY);
     let uid = tenant.metadata.uid.clone().unwrap_or_default();
-    let digest = crate::digest::change_digest(&uid, requester.map(String::as_str), &tenant.spec)?;
+    let digest = crate::digest::intent_digest(&tenant.metadata, &tenant.spec)?;
     let observed = resolve::observe(pool, &uid, &desired.slug, desired.parent_slug.as_deref()).await?;
     let slug = desired.slug.clone();
     let plan = plan::plan(desired, &observed, &uid, &digest, adopt_requested(tenant));
-    // Only a change to what the row holds needs a second person: correcting
-    // drift restores what was approved, and recording a digest changes nothing.
+    // Every change of the declared intent needs a second person, even one
+    // that leaves the row as it is; correcting drift restores what was approved.
     let operation = match &plan {
-        Plan::Create(_) => Some(Operation::Create),
-        Plan::Update { cause, .. } if *cause != plan::UpdateCause::DriftCorrected => Some(Operation::Update),
+        Plan::Create(_) => report::Intent::New.operation(),
+        Plan::Update { cause, .. } => cause.intent().operation(),
+        Plan::RecordDigest { .. } => report::Intent::Changed.operation(),
         _ => None,
     };
     let planned = report::Planned {

@@ -42,6 +42,16 @@ pub enum UpdateCause {
 }
 
 impl UpdateCause {
+    /// What this write does to the declared intent (see [`crate::report::Intent`]).
+    pub fn intent(self) -> crate::report::Intent {
+        use crate::report::Intent;
+        match self {
+            Self::SpecChanged => Intent::Changed,
+            Self::DriftCorrected => Intent::Restored,
+            Self::Adopted => Intent::TakeOver,
+        }
+    }
+
     /// The audit action.
     pub fn action(self) -> &'static str {
         match self {

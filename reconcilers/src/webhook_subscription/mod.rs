@@ -19,7 +19,6 @@ use crate::outcome::Outcome;
 use crate::report::{self, CONFLICT_REQUEUE, refused, stalled};
 use crate::secrets::SecretKey;
 use apply::Attribution;
-use countersign_crds::approval_policy::Operation;
 use countersign_crds::webhook_subscription::{VERIFIED, WebhookSubscriptionStatus, WebhookVerificationStatus};
 use countersign_crds::{WebhookSubscription, annotations};
 use plan::{Cause, Plan, Values, Write};
@@ -52,6 +51,12 @@ pub enum SigningSecret {
         /// The missing key.
         key: String,
     },
+    /// The referenced Secret exists but is not labelled for this use, so it
+    /// is not read: naming a Secret must not let anyone sign with it.
+    NotMarked {
+        /// Secret name.
+        secret: String,
+    },
     /// The Secret the operator would generate already exists and is not
     /// controlled by this object: it is never taken over silently.
     NotOwned {
@@ -67,6 +72,7 @@ impl std::fmt::Debug for SigningSecret {
             Self::SecretMissing { secret } => write!(f, "SecretMissing({secret})"),
             Self::KeyMissing { secret, key } => write!(f, "KeyMissing({secret}/{key})"),
             Self::NotOwned { secret } => write!(f, "NotOwned({secret})"),
+            Self::NotMarked { secret } => write!(f, "NotMarked({secret})"),
         }
     }
 }
@@ -199,6 +205,17 @@ pub async fn reconcile(
             )
             .into());
         }
+        SigningSecret::NotMarked { secret } => {
+            use countersign_crds::labels::{SECRET_USE, SECRET_USE_WEBHOOK_SIGNING};
+            return Ok(stalled(
+                "SecretNotMarked",
+                format!(
+                    "{field}: Secret {secret:?} is not labelled {SECRET_USE}={SECRET_USE_WEBHOOK_SIGNING}, so the \
+                     operator does not sign with it; whoever may edit that Secret labels it to allow this use"
+                ),
+            )
+            .into());
+        }
         SigningSecret::NotOwned { secret } => {
             return Ok(stalled(
                 "SecretNotOwned",
@@ -220,8 +237,7 @@ pub async fn reconcile(
     let fingerprint = key.fingerprint(bytes);
     let uid = ws.metadata.uid.clone().unwrap_or_default();
     let namespace = ws.metadata.namespace.clone().unwrap_or_default();
-    let requester = annotation(ws, annotations::REQUESTED_BY);
-    let digest = crate::digest::change_digest(&uid, requester.map(String::as_str), &ws.spec)?;
+    let digest = crate::digest::intent_digest(&ws.metadata, &ws.spec)?;
     let observed = resolve::observe(pool, &uid, &desired.tenant_name, &desired.url).await?;
     let tenant_name = desired.tenant_name.clone();
     let tenant_slug = observed.tenant.as_ref().map(|t| t.slug.clone()).unwrap_or_default();
@@ -309,11 +325,7 @@ pub async fn reconcile(
         )
         .into());
     }
-    let operation = match w.cause {
-        Cause::Create => Some(Operation::Create),
-        Cause::SpecChanged | Cause::Adopted => Some(Operation::Update),
-        Cause::DriftCorrected | Cause::SecretRotated | Cause::RecordDigest => None,
-    };
+    let operation = w.cause.intent().operation();
     let mut approved = None;
     let mut approval_applies = inputs.approvals.policy.is_some();
     if let Some(operation) = operation {
@@ -335,7 +347,11 @@ pub async fn reconcile(
                 // A changed secret does not wait behind a review of the
                 // subscription: the old one must stop working at once. The
                 // approved configuration is written back unchanged with it.
-                let rotated = match (&observed.ours, w.rotate_secret && w.cause == Cause::SpecChanged) {
+                // Only the generated secret rotates alongside a held change:
+                // a spec naming a different Secret is itself what waits.
+                let rides_along =
+                    w.rotate_secret && w.cause == Cause::SpecChanged && ws.spec.signing_secret_ref.is_none();
+                let rotated = match (&observed.ours, rides_along) {
                     (Some((row, owner)), true) => {
                         let rotation = Write {
                             row_id: Some(row.id),

@@ -52,6 +52,19 @@ pub enum Cause {
 }
 
 impl Cause {
+    /// What this write does to the declared intent (see [`crate::report::Intent`]).
+    pub fn intent(self) -> crate::report::Intent {
+        use crate::report::Intent;
+        match self {
+            Self::Create => Intent::New,
+            Self::Adopted => Intent::TakeOver,
+            // A referenced Secret's content (or the rotate-secret annotation)
+            // rotates at once: an old secret must stop working without waiting.
+            Self::DriftCorrected | Self::SecretRotated => Intent::Restored,
+            Self::SpecChanged | Self::RecordDigest => Intent::Changed,
+        }
+    }
+
     /// Whether this write changes where and what the platform delivers, so
     /// (under a policy) a second person must approve it first. Rotating a
     /// secret is not such a change: it must never wait behind a review.
@@ -172,7 +185,10 @@ pub fn plan(desired: DesiredSubscription, observed: &Observed, subject: &Subject
     let cause = match (values.matches(row), owner.digest == subject.digest) {
         (false, true) => Cause::DriftCorrected,
         (false, false) => Cause::SpecChanged,
-        (true, _) if rotate_secret => Cause::SecretRotated,
+        // The same Secret with new content: a rotation. A spec naming a
+        // different Secret is a change of configuration like any other.
+        (true, true) if rotate_secret => Cause::SecretRotated,
+        (true, false) if rotate_secret => Cause::SpecChanged,
         (true, false) => Cause::RecordDigest,
         (true, true) => return Plan::Noop { row_id: row.id },
     };
