@@ -71,7 +71,8 @@ enum DatabaseCommand {
         #[arg(long, default_value_t = 15)]
         lease_duration_seconds: u64,
         /// The Secret (namespace/name) whose key `key` holds the 32-byte key
-        /// client and signing secrets are sealed under in the database.
+        /// client and signing secrets are sealed under in the database and
+        /// the audit log is chained under (required).
         #[arg(long, env = "COUNTERSIGN_ENCRYPTION_KEY_SECRET")]
         encryption_key_secret: Option<String>,
         /// Hosts outbound calls (OIDC discovery, SAML metadata, webhooks) may
@@ -105,8 +106,44 @@ enum DatabaseCommand {
     Migrate,
     /// Check that the database is at the schema version this build understands.
     CheckSchema,
-    /// Verify the audit log's hash chain and report the first broken link.
-    VerifyAudit,
+    /// Verify the audit log's keyed hash chain and report the first broken link.
+    VerifyAudit {
+        #[command(flatten)]
+        key: KeySource,
+    },
+}
+
+/// Where `verify-audit` reads the operator's encryption key from: the audit
+/// chain is keyed under a key derived from it.
+#[derive(clap::Args)]
+#[group(required = true, multiple = false)]
+struct KeySource {
+    /// The operator's encryption-key Secret (namespace/name, key `key`), read
+    /// through the kubeconfig.
+    #[arg(long, env = "COUNTERSIGN_ENCRYPTION_KEY_SECRET")]
+    encryption_key_secret: Option<String>,
+    /// A file holding the same 32 raw key bytes (for verifying away from the cluster).
+    #[arg(long)]
+    encryption_key_file: Option<PathBuf>,
+}
+
+impl KeySource {
+    async fn load(self) -> anyhow::Result<countersign_reconcilers::secrets::SecretKey> {
+        match (self.encryption_key_secret, self.encryption_key_file) {
+            (_, Some(path)) => {
+                let bytes = std::fs::read(&path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+                countersign_reconcilers::secrets::SecretKey::from_bytes(&bytes)
+                    .map_err(|e| anyhow::anyhow!("--encryption-key-file {}: {e}", path.display()))
+            }
+            (Some(reference), None) => {
+                let client = kube::Client::try_default().await?;
+                Ok(countersign_operator::secret_key::load(&client, &reference).await?)
+            }
+            (None, None) => Err(anyhow::anyhow!(
+                "verify-audit needs the operator's key: --encryption-key-secret or --encryption-key-file"
+            )),
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -164,10 +201,20 @@ async fn with_database(database_url: Option<String>, command: DatabaseCommand) -
             let version = countersign_reconcilers::db::check_schema(&pool).await?;
             println!("API database at schema version {version}, as this build expects");
         }
-        DatabaseCommand::VerifyAudit => {
-            let v = countersign_reconcilers::audit::verify(&pool).await?;
+        DatabaseCommand::VerifyAudit { key } => {
+            let key = key.load().await?;
+            let v = countersign_reconcilers::audit::verify(&pool, key.audit_chain_key()).await?;
             match v.broken {
-                None => println!("audit chain intact: {} entries verified", v.entries),
+                None => {
+                    println!("audit chain intact: {} entries verified", v.entries);
+                    if v.legacy > 0 {
+                        println!(
+                            "note: the first {} entries predate keyed links (plain SHA-256): anyone with write \
+                             access to the database could have rewritten them",
+                            v.legacy
+                        );
+                    }
+                }
                 Some(b) => {
                     println!("audit chain broken at seq {}: {}", b.seq, b.problem);
                     return Ok(ExitCode::FAILURE);
@@ -204,13 +251,13 @@ async fn with_database(database_url: Option<String>, command: DatabaseCommand) -
             });
             // Refuse an unknown schema before touching the cluster.
             countersign_reconcilers::db::check_schema(&pool).await?;
+            let reference = encryption_key_secret.ok_or_else(|| {
+                anyhow::anyhow!(
+                    "run needs --encryption-key-secret: secrets are sealed and the audit log is chained under that key"
+                )
+            })?;
             let client = kube::Client::try_default().await?;
-            let secret_key = match encryption_key_secret {
-                Some(reference) => Some(std::sync::Arc::new(
-                    countersign_operator::secret_key::load(&client, &reference).await?,
-                )),
-                None => None,
-            };
+            let secret_key = std::sync::Arc::new(countersign_operator::secret_key::load(&client, &reference).await?);
             let extra_roots_pem = outbound_ca_file
                 .iter()
                 .map(|path| {

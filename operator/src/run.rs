@@ -36,8 +36,10 @@ pub struct RunOptions {
     pub resync: std::time::Duration,
     /// Run controllers only while holding this lease; None runs them at once.
     pub leader_election: Option<LeaderElection>,
-    /// The key secrets are sealed under (from `--encryption-key-secret`).
-    pub secret_key: Option<Arc<countersign_reconcilers::secrets::SecretKey>>,
+    /// The key secrets are sealed under (from `--encryption-key-secret`); the
+    /// audit chain's key is derived from it, so the operator cannot write
+    /// without it.
+    pub secret_key: Arc<countersign_reconcilers::secrets::SecretKey>,
     /// Where outbound calls may go.
     pub outbound: countersign_reconcilers::outbound::OutboundPolicy,
     /// The license keyring and the ends of the commercial chain.
@@ -192,7 +194,10 @@ pub async fn start(client: Client, pool: PgPool, options: RunOptions) -> Result<
         ),
         metrics: metrics.clone(),
         backoff: Default::default(),
-        actor: options.actor.clone(),
+        actor: countersign_reconcilers::audit::Actor::new(
+            options.actor.clone(),
+            options.secret_key.audit_chain_key().clone(),
+        ),
         resync: options.resync,
         pending: Default::default(),
         policies,

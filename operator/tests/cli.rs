@@ -37,14 +37,35 @@ async fn migrate_check_schema_and_verify_audit() -> anyhow::Result<()> {
     assert!(ok, "{text}");
 
     let pool = countersign_reconcilers::db::connect(&url).await?;
+    // The operator's key as its Secret holds it: 32 raw bytes.
+    let key_bytes: [u8; 32] = rand::random();
+    let key = countersign_reconcilers::secrets::SecretKey::from_bytes(&key_bytes)?;
     for action in ["create", "update"] {
         let mut tx = pool.begin().await?;
         let entry = countersign_reconcilers::audit::Entry::now("Tenant", "acme", action, "countersign");
-        countersign_reconcilers::audit::append(&mut tx, &entry).await?;
+        countersign_reconcilers::audit::append(&mut tx, key.audit_chain_key(), &entry).await?;
         tx.commit().await?;
     }
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("verify-audit-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let key_file = dir.join("key");
+    std::fs::write(&key_file, key_bytes)?;
+    let key_file = key_file.to_str().expect("UTF-8 path");
+    let other_file = dir.join("other-key");
+    std::fs::write(&other_file, [7u8; 32])?;
+    let other_file = other_file.to_str().expect("UTF-8 path");
+
     let (ok, text) = countersign(&url, &["verify-audit"]);
+    assert!(
+        !ok && text.contains("--encryption-key-file"),
+        "the key is required: {text}"
+    );
+    let (ok, text) = countersign(&url, &["verify-audit", "--encryption-key-file", key_file]);
     assert!(ok && text.contains("audit chain intact: 2 entries verified"), "{text}");
+    assert!(!text.contains("predate keyed links"), "{text}");
+    // Another key cannot vouch for the chain.
+    let (ok, text) = countersign(&url, &["verify-audit", "--encryption-key-file", other_file]);
+    assert!(!ok && text.contains("audit chain broken at seq 1"), "{text}");
 
     sqlx::query("ALTER TABLE audit_log DISABLE TRIGGER audit_log_no_update")
         .execute(&pool)
@@ -52,8 +73,9 @@ async fn migrate_check_schema_and_verify_audit() -> anyhow::Result<()> {
     sqlx::query("UPDATE audit_log SET actor = 'mallory' WHERE seq = 1")
         .execute(&pool)
         .await?;
-    let (ok, text) = countersign(&url, &["verify-audit"]);
+    let (ok, text) = countersign(&url, &["verify-audit", "--encryption-key-file", key_file]);
     assert!(!ok && text.contains("audit chain broken at seq 1"), "{text}");
+    std::fs::remove_dir_all(&dir)?;
     Ok(())
 }
 

@@ -105,7 +105,7 @@ pub async fn operator_with(
         instance: Some(format!("e2e-{run_id}")),
         resync: Duration::from_secs(300),
         leader_election: None,
-        secret_key: Some(std::sync::Arc::new(test_key())),
+        secret_key: std::sync::Arc::new(test_key()),
         outbound: Default::default(),
         licensing: Default::default(),
     };
