@@ -218,3 +218,101 @@ async fn entries_written_before_keyed_links_verify_as_a_legacy_prefix() -> anyho
     assert!(link.problem.contains("legacy"), "{}", link.problem);
     Ok(())
 }
+
+/// Polls the anchor until it records `count` entries.
+async fn wait_anchor(client: &kube::Client, name: &str, count: u64) -> anyhow::Result<audit::Anchor> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let anchor = countersign_operator::audit_anchor::load(client, "default", name).await?;
+        if let Some(anchor) = anchor.filter(|a| a.count == count) {
+            return Ok(anchor);
+        }
+        if std::time::Instant::now() > deadline {
+            anyhow::bail!("the anchor never reached {count} entries");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_deleted_tail_or_a_truncated_log_is_reported_against_the_operators_anchor() -> anyhow::Result<()> {
+    use countersign_crds::Tenant;
+    use kube::api::{Api, Patch, PatchParams, PostParams};
+    let client = common::cluster().await?;
+    let (_url, pool) = common::database().await?;
+    let key = chain_key();
+    let run = countersign_e2e::unique_name("anchor");
+    let anchor_name = countersign_e2e::unique_name("audit-anchor");
+    let interval = std::time::Duration::from_millis(200);
+    let op = common::operator_with(&client, &pool, &run, |o| {
+        o.audit_anchor = Some(countersign_operator::audit_anchor::AnchorTarget {
+            namespace: "default".into(),
+            name: anchor_name.clone(),
+            interval,
+        })
+    })
+    .await?;
+    let api: Api<Tenant> = Api::all(client.clone());
+    let slug = countersign_e2e::unique_name("acme");
+    api.create(
+        &PostParams::default(),
+        &common::tenant(&slug, &run, serde_json::json!({"slug": slug, "name": "Acme"}))?,
+    )
+    .await?;
+    common::wait_tenant(&api, &slug, "Ready", |t| {
+        common::has_condition(t, "Ready", "True", "Live")
+    })
+    .await?;
+    api.patch(
+        &slug,
+        &PatchParams::default(),
+        &Patch::Merge(serde_json::json!({"spec": {"name": "Acme Renamed"}})),
+    )
+    .await?;
+    common::wait_tenant(&api, &slug, "Ready at generation 2", |t| {
+        common::has_condition(t, "Ready", "True", "Live") && t.metadata.generation == Some(2)
+    })
+    .await?;
+    // Two entries, and the operator has anchored both.
+    let anchor = wait_anchor(&client, &anchor_name, 2).await?;
+    let v = audit::verify_anchored(&pool, &key, &anchor).await?;
+    assert_eq!((v.entries, v.broken, v.after_anchor), (2, None, Some(0)));
+
+    // A superuser deletes the last entry: the chain that is left is whole...
+    sqlx::query("ALTER TABLE audit_log DISABLE TRIGGER audit_log_no_update")
+        .execute(&pool)
+        .await?;
+    sqlx::query("DELETE FROM audit_log WHERE seq = (SELECT max(seq) FROM audit_log)")
+        .execute(&pool)
+        .await?;
+    assert_eq!(audit::verify(&pool, &key).await?.broken, None);
+    // ...but shorter than its anchor.
+    let link = audit::verify_anchored(&pool, &key, &anchor)
+        .await?
+        .broken
+        .expect("the lost entry is reported");
+    assert_eq!(link.seq, anchor.seq);
+    assert!(link.problem.contains("anchor records 2 entries"), "{}", link.problem);
+    // The operator does not move its anchor back over the loss.
+    tokio::time::sleep(interval * 5).await;
+    let kept = countersign_operator::audit_anchor::load(&client, "default", &anchor_name).await?;
+    assert_eq!(kept.as_ref(), Some(&anchor), "the anchor stays as evidence");
+
+    // TRUNCATE is refused even for a superuser while the trigger is on...
+    let refused = sqlx::query("TRUNCATE audit_log").execute(&pool).await;
+    let message = format!("{:?}", refused.expect_err("TRUNCATE is refused"));
+    assert!(message.contains("append-only"), "{message}");
+    // ...and with it switched off, the emptied log is reported against the anchor.
+    sqlx::query("ALTER TABLE audit_log DISABLE TRIGGER audit_log_no_truncate")
+        .execute(&pool)
+        .await?;
+    sqlx::query("TRUNCATE audit_log").execute(&pool).await?;
+    assert_eq!(audit::verify(&pool, &key).await?.entries, 0);
+    let link = audit::verify_anchored(&pool, &key, &anchor)
+        .await?
+        .broken
+        .expect("the truncation is reported");
+    assert!(link.problem.contains("truncated"), "{}", link.problem);
+    op.shutdown().await;
+    Ok(())
+}

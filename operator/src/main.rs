@@ -101,6 +101,14 @@ enum DatabaseCommand {
         /// The platform operator every license grant's commercial chain must end with.
         #[arg(long, env = "COUNTERSIGN_LICENSE_OPERATOR")]
         license_operator: Option<String>,
+        /// The ConfigMap (namespace/name, in the operator's namespace) where
+        /// the audit chain's head is anchored, so `verify-audit` can tell a
+        /// truncated log. Without it a deleted tail goes unnoticed.
+        #[arg(long, env = "COUNTERSIGN_AUDIT_ANCHOR")]
+        audit_anchor: Option<String>,
+        /// Seconds between looks at the audit log for new entries to anchor.
+        #[arg(long, default_value_t = 10)]
+        audit_anchor_seconds: u64,
     },
     /// Apply pending schema migrations to the API database.
     Migrate,
@@ -110,6 +118,10 @@ enum DatabaseCommand {
     VerifyAudit {
         #[command(flatten)]
         key: KeySource,
+        /// The operator's audit anchor ConfigMap (namespace/name), read through
+        /// the kubeconfig: a chain shorter than its anchor is reported.
+        #[arg(long, env = "COUNTERSIGN_AUDIT_ANCHOR")]
+        audit_anchor: Option<String>,
     },
 }
 
@@ -201,12 +213,35 @@ async fn with_database(database_url: Option<String>, command: DatabaseCommand) -
             let version = countersign_reconcilers::db::check_schema(&pool).await?;
             println!("API database at schema version {version}, as this build expects");
         }
-        DatabaseCommand::VerifyAudit { key } => {
+        DatabaseCommand::VerifyAudit { key, audit_anchor } => {
             let key = key.load().await?;
-            let v = countersign_reconcilers::audit::verify(&pool, key.audit_chain_key()).await?;
+            let key = key.audit_chain_key();
+            let (v, anchor) = match audit_anchor {
+                None => (countersign_reconcilers::audit::verify(&pool, key).await?, None),
+                Some(reference) => {
+                    use countersign_operator::audit_anchor;
+                    let (namespace, name) = audit_anchor::parse_reference("--audit-anchor", &reference)?;
+                    let client = kube::Client::try_default().await?;
+                    let anchor = audit_anchor::load(&client, &namespace, &name)
+                        .await?
+                        .ok_or_else(|| anyhow::anyhow!("the audit anchor ConfigMap {reference} does not exist"))?;
+                    let v = countersign_reconcilers::audit::verify_anchored(&pool, key, &anchor).await?;
+                    (v, Some(anchor))
+                }
+            };
             match v.broken {
                 None => {
                     println!("audit chain intact: {} entries verified", v.entries);
+                    match (anchor, v.after_anchor) {
+                        (Some(anchor), Some(after)) => println!(
+                            "matches the anchor at seq {} ({} entries); {after} entries written since",
+                            anchor.seq, anchor.count
+                        ),
+                        _ => println!(
+                            "note: no --audit-anchor given: entries deleted from the end of the log, or a \
+                             TRUNCATE, would go unnoticed"
+                        ),
+                    }
                     if v.legacy > 0 {
                         println!(
                             "note: the first {} entries predate keyed links (plain SHA-256): anyone with write \
@@ -239,6 +274,8 @@ async fn with_database(database_url: Option<String>, command: DatabaseCommand) -
             license_keyring,
             license_vendor,
             license_operator,
+            audit_anchor,
+            audit_anchor_seconds,
         } => {
             let leader_election = leader_elect.then(|| LeaderElection {
                 namespace: leader_election_namespace,
@@ -256,6 +293,23 @@ async fn with_database(database_url: Option<String>, command: DatabaseCommand) -
                     "run needs --encryption-key-secret: secrets are sealed and the audit log is chained under that key"
                 )
             })?;
+            let audit_anchor = match audit_anchor {
+                Some(reference) => {
+                    let (namespace, name) =
+                        countersign_operator::audit_anchor::parse_reference("--audit-anchor", &reference)?;
+                    Some(countersign_operator::audit_anchor::AnchorTarget {
+                        namespace,
+                        name,
+                        interval: std::time::Duration::from_secs(audit_anchor_seconds.max(1)),
+                    })
+                }
+                None => {
+                    tracing::warn!(
+                        "no --audit-anchor: a truncated audit log, or one missing its last entries, cannot be told"
+                    );
+                    None
+                }
+            };
             let client = kube::Client::try_default().await?;
             let secret_key = std::sync::Arc::new(countersign_operator::secret_key::load(&client, &reference).await?);
             let extra_roots_pem = outbound_ca_file
@@ -293,6 +347,7 @@ async fn with_database(database_url: Option<String>, command: DatabaseCommand) -
                     secret_key,
                     outbound,
                     licensing,
+                    audit_anchor,
                 },
             )
             .await?;

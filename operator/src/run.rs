@@ -44,6 +44,9 @@ pub struct RunOptions {
     pub outbound: countersign_reconcilers::outbound::OutboundPolicy,
     /// The license keyring and the ends of the commercial chain.
     pub licensing: controller::Licensing,
+    /// Where the audit chain's head is anchored; None keeps no anchor, and
+    /// then a truncated log goes unnoticed.
+    pub audit_anchor: Option<crate::audit_anchor::AnchorTarget>,
 }
 
 /// Where and as whom to take part in leader election.
@@ -211,6 +214,7 @@ pub async fn start(client: Client, pool: PgPool, options: RunOptions) -> Result<
         }
     });
     let selector = options.selector.clone();
+    let anchor = options.audit_anchor.clone();
     let controllers = {
         let stop = stop.clone();
         let wait_stop = wait_stop.clone();
@@ -253,7 +257,20 @@ pub async fn start(client: Client, pool: PgPool, options: RunOptions) -> Result<
                     controller::webhook_subscription::run(ctx.clone(), selector.clone(), policy_changed(), wait_stop()),
                     controller::fronting_link::run(ctx.clone(), selector.clone(), policy_changed(), wait_stop()),
                     controller::license_grant::run(ctx.clone(), selector, policy_changed(), wait_stop()),
-                    controller::approval_policy::run(ctx, wait_stop()),
+                    controller::approval_policy::run(ctx.clone(), wait_stop()),
+                    async {
+                        // Only the leader writes entries, so only it moves their anchor.
+                        if let Some(target) = anchor {
+                            crate::audit_anchor::keep(
+                                ctx.client.clone(),
+                                ctx.pool.clone(),
+                                ctx.actor.key().clone(),
+                                target,
+                                wait_stop(),
+                            )
+                            .await;
+                        }
+                    },
                 );
             };
             tokio::pin!(controller);

@@ -54,6 +54,7 @@ impl Scheme {
 #[derive(Clone)]
 pub struct ChainKey {
     link: hmac::Key,
+    anchor: hmac::Key,
 }
 
 impl std::fmt::Debug for ChainKey {
@@ -63,10 +64,12 @@ impl std::fmt::Debug for ChainKey {
 }
 
 impl ChainKey {
-    /// A chain key from derived key material (32 bytes from HKDF).
-    pub(crate) fn from_derived(link: &[u8]) -> Self {
+    /// A chain key from derived key material (32 bytes each from HKDF): one
+    /// for the links, one for the [`Anchor`].
+    pub(crate) fn from_derived(link: &[u8], anchor: &[u8]) -> Self {
         Self {
             link: hmac::Key::new(hmac::HMAC_SHA256, link),
+            anchor: hmac::Key::new(hmac::HMAC_SHA256, anchor),
         }
     }
 }
@@ -237,6 +240,18 @@ impl<'k> ChainCheck<'k> {
         }
     }
 
+    /// A check continuing after a head already vouched for: `count` entries
+    /// ending in `hash`, the last of them keyed or not.
+    pub fn resume(key: &'k ChainKey, hash: &str, count: u64, keyed: bool) -> Self {
+        Self {
+            key,
+            expected_prev: hash.to_string(),
+            entries: count,
+            legacy: 0,
+            keyed_seen: keyed,
+        }
+    }
+
     /// Entries accepted so far.
     pub fn entries(&self) -> u64 {
         self.entries
@@ -316,6 +331,9 @@ pub struct Verification {
     pub legacy: u64,
     /// The first broken link, if any.
     pub broken: Option<BrokenLink>,
+    /// When checked against an [`Anchor`] that matched: how many entries
+    /// follow the anchored one (written since the anchor was last moved).
+    pub after_anchor: Option<u64>,
 }
 
 /// Reads every row of the log, in sequence order.
@@ -369,7 +387,200 @@ pub fn check(key: &ChainKey, links: &[Link]) -> Verification {
         entries: chain.entries(),
         legacy: chain.legacy(),
         broken,
+        after_anchor: None,
     }
+}
+
+/// The head of the chain as the operator last vouched for it: the seq and
+/// hash of an entry and how many entries the chain had up to it, MACed under
+/// the chain key. It is kept outside the database (a ConfigMap), so
+/// deleting entries from the end of the log, or emptying it, shows as a chain
+/// shorter than its anchor.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Anchor {
+    /// Sequence number of the anchored entry.
+    pub seq: i64,
+    /// Its hash.
+    pub hash: String,
+    /// Entries in the chain up to and including it.
+    pub count: u64,
+    /// HMAC-SHA256 over the three, under the chain key's anchor key.
+    pub mac: String,
+}
+
+/// Why stored anchor data cannot be read.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum AnchorError {
+    /// A field is missing or not of its type.
+    #[error("the audit anchor's {0:?} is missing or malformed")]
+    Field(&'static str),
+}
+
+impl Anchor {
+    /// The anchor of entry `seq` with `hash`, the `count`th of the chain.
+    pub fn sign(key: &ChainKey, seq: i64, hash: &str, count: u64) -> Self {
+        let tag = hmac::sign(&key.anchor, Self::message(seq, hash, count).as_bytes());
+        Self {
+            seq,
+            hash: hash.to_string(),
+            count,
+            mac: hex::encode(tag.as_ref()),
+        }
+    }
+
+    fn message(seq: i64, hash: &str, count: u64) -> String {
+        format!("{seq}\n{hash}\n{count}")
+    }
+
+    /// Whether the anchor was written under `key` and not altered since.
+    pub fn is_authentic(&self, key: &ChainKey) -> bool {
+        hex::decode(&self.mac).is_ok_and(|tag| {
+            hmac::verify(
+                &key.anchor,
+                Self::message(self.seq, &self.hash, self.count).as_bytes(),
+                &tag,
+            )
+            .is_ok()
+        })
+    }
+
+    /// The anchor as ConfigMap data.
+    pub fn to_data(&self) -> std::collections::BTreeMap<String, String> {
+        [
+            ("seq", self.seq.to_string()),
+            ("hash", self.hash.clone()),
+            ("count", self.count.to_string()),
+            ("mac", self.mac.clone()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+    }
+
+    /// Reads an anchor back from ConfigMap data (not yet checked: see
+    /// [`Anchor::is_authentic`]).
+    pub fn from_data(data: &std::collections::BTreeMap<String, String>) -> Result<Self, AnchorError> {
+        let get = |field: &'static str| data.get(field).ok_or(AnchorError::Field(field));
+        Ok(Self {
+            seq: get("seq")?.parse().map_err(|_| AnchorError::Field("seq"))?,
+            hash: get("hash")?.clone(),
+            count: get("count")?.parse().map_err(|_| AnchorError::Field("count"))?,
+            mac: get("mac")?.clone(),
+        })
+    }
+}
+
+/// Checks a whole chain, read in sequence order, and that it still holds
+/// the entry `anchor` vouches for, at the same position.
+pub fn check_anchored(key: &ChainKey, links: &[Link], anchor: &Anchor) -> Verification {
+    let mut v = check(key, links);
+    if v.broken.is_some() {
+        return v;
+    }
+    let broken = |problem: String| {
+        Some(BrokenLink {
+            seq: anchor.seq,
+            problem,
+        })
+    };
+    if !anchor.is_authentic(key) {
+        v.broken = broken("the anchor was not written under this key (forged, altered, or another key)".into());
+        return v;
+    }
+    match links.iter().position(|l| l.seq == anchor.seq) {
+        None => {
+            let end = links.last().map_or(String::new(), |l| format!(" up to seq {}", l.seq));
+            v.broken = broken(format!(
+                "the chain has {} entries{end} but the anchor records {} entries up to seq {}: \
+                 entries were deleted or the log was truncated",
+                links.len(),
+                anchor.count,
+                anchor.seq
+            ));
+        }
+        Some(i) if links[i].hash != anchor.hash => {
+            v.broken = broken("the entry does not have the anchored hash: the chain was rewritten".into());
+        }
+        Some(i) if i as u64 + 1 != anchor.count => {
+            v.broken = broken(format!(
+                "{} entries lead up to the anchored entry but the anchor records {}: entries were removed",
+                i + 1,
+                anchor.count
+            ));
+        }
+        Some(i) => v.after_anchor = Some((links.len() - i - 1) as u64),
+    }
+    v
+}
+
+/// Recomputes every link under `key` and checks the chain against `anchor`.
+pub async fn verify_anchored(pool: &PgPool, key: &ChainKey, anchor: &Anchor) -> Result<Verification, crate::Error> {
+    Ok(check_anchored(key, &links(pool).await?, anchor))
+}
+
+/// What moving the anchor found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Advance {
+    /// No entry was written since the anchor.
+    Unchanged,
+    /// The chain grew and every new link holds: anchor it here.
+    To(Anchor),
+    /// The chain no longer extends the anchored head; the anchor must stay
+    /// where it is, as the evidence.
+    Refused(BrokenLink),
+}
+
+/// Checks the entries written since `current` (all of them without one)
+/// and says where the anchor may move. Never moves it backwards: a chain
+/// that lost or changed the anchored entry is refused, so emptying the log
+/// cannot also reset its anchor.
+pub async fn advance(pool: &PgPool, key: &ChainKey, current: Option<&Anchor>) -> Result<Advance, crate::Error> {
+    let mut chain = match current {
+        None => ChainCheck::new(key),
+        Some(anchor) => {
+            let head: Option<(String, String)> = sqlx::query_as("SELECT hash, scheme FROM audit_log WHERE seq = $1")
+                .bind(anchor.seq)
+                .fetch_optional(pool)
+                .await?;
+            match head {
+                Some((hash, scheme)) if hash == anchor.hash => {
+                    ChainCheck::resume(key, &hash, anchor.count, Scheme::parse(&scheme) == Some(Scheme::Keyed))
+                }
+                Some(_) => {
+                    return Ok(Advance::Refused(BrokenLink {
+                        seq: anchor.seq,
+                        problem: "the anchored entry's hash changed: the chain was rewritten".into(),
+                    }));
+                }
+                None => {
+                    return Ok(Advance::Refused(BrokenLink {
+                        seq: anchor.seq,
+                        problem: "the anchored entry is gone: entries were deleted or the log was truncated".into(),
+                    }));
+                }
+            }
+        }
+    };
+    let rows = sqlx::query(
+        "SELECT seq, scheme, at, kind, object_key, row_id, action, actor, requester, approver, digest, detail,
+                prev_hash, hash
+           FROM audit_log WHERE seq > $1 ORDER BY seq",
+    )
+    .bind(current.map_or(0, |a| a.seq))
+    .fetch_all(pool)
+    .await?;
+    let mut last = None;
+    for row in &rows {
+        let link = link_of(row)?;
+        if let Err(problem) = chain.push(&link) {
+            return Ok(Advance::Refused(BrokenLink { seq: link.seq, problem }));
+        }
+        last = Some(link);
+    }
+    Ok(match last {
+        None => Advance::Unchanged,
+        Some(link) => Advance::To(Anchor::sign(key, link.seq, &link.hash, chain.entries())),
+    })
 }
 
 #[cfg(test)]
@@ -377,7 +588,7 @@ mod tests {
     use super::*;
 
     fn key(byte: u8) -> ChainKey {
-        ChainKey::from_derived(&[byte; 32])
+        ChainKey::from_derived(&[byte; 32], &[byte ^ 0xff; 32])
     }
 
     fn entry(action: &str) -> Entry {
@@ -459,7 +670,8 @@ mod tests {
             Verification {
                 entries: 4,
                 legacy: 2,
-                broken: None
+                broken: None,
+                after_anchor: None,
             }
         );
         assert_eq!(check(&k, &[]).entries, 0);
@@ -491,6 +703,41 @@ mod tests {
         let mut unknown = chain(&k, &[Scheme::Keyed]);
         unknown[0].scheme = "none".into();
         assert!(check(&k, &unknown).broken.is_some());
+    }
+
+    #[test]
+    fn the_anchor_catches_a_shortened_emptied_or_wholly_rewritten_chain() {
+        let k = key(1);
+        let links = chain(&k, &[Scheme::Keyed; 4]);
+        let anchor = Anchor::sign(&k, 3, &links[2].hash, 3);
+        let v = check_anchored(&k, &links, &anchor);
+        assert_eq!((v.broken, v.after_anchor), (None, Some(1)));
+        assert_eq!(Anchor::from_data(&anchor.to_data()), Ok(anchor.clone()));
+
+        // The last entries deleted, or everything: the plain check cannot tell.
+        for kept in [2, 0] {
+            assert_eq!(check(&k, &links[..kept]).broken, None);
+            let broken = check_anchored(&k, &links[..kept], &anchor).broken.expect("caught");
+            assert_eq!(broken.seq, 3);
+            assert!(broken.problem.contains("truncated"), "{}", broken.problem);
+        }
+        // Every entry re-hashed unkeyed: a consistent legacy chain, but not
+        // the one anchored.
+        let mut rewritten = links.clone();
+        rewritten[1].entry.approver = Some("mallory".into());
+        rehash(&mut rewritten, 0, &k, Scheme::Legacy);
+        assert_eq!(check(&k, &rewritten).broken, None);
+        let broken = check_anchored(&k, &rewritten, &anchor).broken.expect("caught");
+        assert!(broken.problem.contains("rewritten"), "{}", broken.problem);
+        // An anchor made up, or moved, without the key.
+        let forged = Anchor::sign(&key(2), 2, &links[1].hash, 2);
+        assert!(check_anchored(&k, &links, &forged).broken.is_some());
+        let moved = Anchor {
+            count: 2,
+            ..anchor.clone()
+        };
+        assert!(!moved.is_authentic(&k));
+        assert_eq!(Anchor::from_data(&Default::default()), Err(AnchorError::Field("seq")));
     }
 
     #[test]

@@ -77,12 +77,13 @@ impl SecretKey {
         // sealing or fingerprint keys and can be handed to a verifier's code
         // path without them.
         let audit_chain_key = derive(b"countersign audit chain v1")?;
+        let audit_anchor_key = derive(b"countersign audit anchor v1")?;
         let aead = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &aead_key).map_err(|_| SecretError::Random)?);
         Ok(Self {
             id: format!("k1-{}", hex::encode(&id_material[..6])),
             aead,
             fingerprint: hmac::Key::new(hmac::HMAC_SHA256, &fingerprint_key),
-            audit_chain: crate::audit::ChainKey::from_derived(&audit_chain_key),
+            audit_chain: crate::audit::ChainKey::from_derived(&audit_chain_key, &audit_anchor_key),
         })
     }
 

@@ -138,6 +138,7 @@ pub async fn operator_with(
         secret_key: std::sync::Arc::new(test_key()),
         outbound: Default::default(),
         licensing: Default::default(),
+        audit_anchor: None,
     };
     adjust(&mut options);
     Ok(start(client.clone(), pool.clone(), options).await?)
