@@ -70,6 +70,7 @@ echo "==> starting the operator"
 # platform's operator, as the example grants' chains do.
 countersign run --health-addr 127.0.0.1:0 \
   --encryption-key-secret countersign-system/countersign-encryption-key \
+  --audit-anchor countersign-system/countersign-audit-anchor \
   --outbound-allow-loopback \
   --outbound-ca-file "$DEV_IDP_CA_FILE" --outbound-ca-file "$DEV_WEBHOOK_CA_FILE" \
   --license-keyring countersign-system/countersign-license-keyring \

@@ -111,7 +111,7 @@ async fn a_gitops_change_goes_live_only_after_a_second_person_approves() -> anyh
     })
     .await?;
     assert_eq!(stack.rows(&name).await?, ["Edited by alice"]);
-    let verified = countersign_reconcilers::audit::verify(&stack.pool).await?;
+    let verified = countersign_reconcilers::audit::verify(&stack.pool, common::test_key().audit_chain_key()).await?;
     assert_eq!((verified.entries, verified.broken), (2, None));
     stack.op.shutdown().await;
     Ok(())

@@ -395,7 +395,7 @@ async fn a_signed_grant_is_imported_with_its_quota_kept_immutable_and_released_o
         w.audit_actions(&w.n("seats")).await?,
         ["create", "correct-drift", "orphan"]
     );
-    let verified = countersign_reconcilers::audit::verify(&w.pool).await?;
+    let verified = countersign_reconcilers::audit::verify(&w.pool, common::test_key().audit_chain_key()).await?;
     assert_eq!(verified.broken, None);
     w.op.shutdown().await;
     Ok(())

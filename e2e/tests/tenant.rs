@@ -117,7 +117,7 @@ async fn a_tenant_is_created_updated_and_soft_deleted() -> anyhow::Result<()> {
         .fetch_all(&pool)
         .await?;
     assert_eq!(actions, ["create", "update", "delete"]);
-    let verified = countersign_reconcilers::audit::verify(&pool).await?;
+    let verified = countersign_reconcilers::audit::verify(&pool, common::test_key().audit_chain_key()).await?;
     assert_eq!((verified.entries, verified.broken), (3, None));
     op.shutdown().await;
     Ok(())

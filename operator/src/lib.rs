@@ -1,6 +1,7 @@
 //! The Countersign operator: wires the reconcile pipelines to the Kubernetes
 //! API, serves health and metrics, and provides the CLI's commands.
 
+pub mod audit_anchor;
 pub mod controller;
 pub mod error;
 pub mod guard;

@@ -71,7 +71,8 @@ enum DatabaseCommand {
         #[arg(long, default_value_t = 15)]
         lease_duration_seconds: u64,
         /// The Secret (namespace/name) whose key `key` holds the 32-byte key
-        /// client and signing secrets are sealed under in the database.
+        /// client and signing secrets are sealed under in the database and
+        /// the audit log is chained under (required).
         #[arg(long, env = "COUNTERSIGN_ENCRYPTION_KEY_SECRET")]
         encryption_key_secret: Option<String>,
         /// Hosts outbound calls (OIDC discovery, SAML metadata, webhooks) may
@@ -105,13 +106,61 @@ enum DatabaseCommand {
         /// BILLING_OPERATOR. Without it, no GroupMapping may grant them.
         #[arg(long, env = "COUNTERSIGN_PLATFORM_TENANT")]
         platform_tenant: Option<String>,
+        /// The ConfigMap (namespace/name, in the operator's namespace) where
+        /// the audit chain's head is anchored, so `verify-audit` can tell a
+        /// truncated log. Without it a deleted tail goes unnoticed.
+        #[arg(long, env = "COUNTERSIGN_AUDIT_ANCHOR")]
+        audit_anchor: Option<String>,
+        /// Seconds between looks at the audit log for new entries to anchor.
+        #[arg(long, default_value_t = 10)]
+        audit_anchor_seconds: u64,
     },
     /// Apply pending schema migrations to the API database.
     Migrate,
     /// Check that the database is at the schema version this build understands.
     CheckSchema,
-    /// Verify the audit log's hash chain and report the first broken link.
-    VerifyAudit,
+    /// Verify the audit log's keyed hash chain and report the first broken link.
+    VerifyAudit {
+        #[command(flatten)]
+        key: KeySource,
+        /// The operator's audit anchor ConfigMap (namespace/name), read through
+        /// the kubeconfig: a chain shorter than its anchor is reported.
+        #[arg(long, env = "COUNTERSIGN_AUDIT_ANCHOR")]
+        audit_anchor: Option<String>,
+    },
+}
+
+/// Where `verify-audit` reads the operator's encryption key from: the audit
+/// chain is keyed under a key derived from it.
+#[derive(clap::Args)]
+#[group(required = true, multiple = false)]
+struct KeySource {
+    /// The operator's encryption-key Secret (namespace/name, key `key`), read
+    /// through the kubeconfig.
+    #[arg(long, env = "COUNTERSIGN_ENCRYPTION_KEY_SECRET")]
+    encryption_key_secret: Option<String>,
+    /// A file holding the same 32 raw key bytes (for verifying away from the cluster).
+    #[arg(long)]
+    encryption_key_file: Option<PathBuf>,
+}
+
+impl KeySource {
+    async fn load(self) -> anyhow::Result<countersign_reconcilers::secrets::SecretKey> {
+        match (self.encryption_key_secret, self.encryption_key_file) {
+            (_, Some(path)) => {
+                let bytes = std::fs::read(&path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+                countersign_reconcilers::secrets::SecretKey::from_bytes(&bytes)
+                    .map_err(|e| anyhow::anyhow!("--encryption-key-file {}: {e}", path.display()))
+            }
+            (Some(reference), None) => {
+                let client = kube::Client::try_default().await?;
+                Ok(countersign_operator::secret_key::load(&client, &reference).await?)
+            }
+            (None, None) => Err(anyhow::anyhow!(
+                "verify-audit needs the operator's key: --encryption-key-secret or --encryption-key-file"
+            )),
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -169,10 +218,43 @@ async fn with_database(database_url: Option<String>, command: DatabaseCommand) -
             let version = countersign_reconcilers::db::check_schema(&pool).await?;
             println!("API database at schema version {version}, as this build expects");
         }
-        DatabaseCommand::VerifyAudit => {
-            let v = countersign_reconcilers::audit::verify(&pool).await?;
+        DatabaseCommand::VerifyAudit { key, audit_anchor } => {
+            let key = key.load().await?;
+            let key = key.audit_chain_key();
+            let (v, anchor) = match audit_anchor {
+                None => (countersign_reconcilers::audit::verify(&pool, key).await?, None),
+                Some(reference) => {
+                    use countersign_operator::audit_anchor;
+                    let (namespace, name) = audit_anchor::parse_reference("--audit-anchor", &reference)?;
+                    let client = kube::Client::try_default().await?;
+                    let anchor = audit_anchor::load(&client, &namespace, &name)
+                        .await?
+                        .ok_or_else(|| anyhow::anyhow!("the audit anchor ConfigMap {reference} does not exist"))?;
+                    let v = countersign_reconcilers::audit::verify_anchored(&pool, key, &anchor).await?;
+                    (v, Some(anchor))
+                }
+            };
             match v.broken {
-                None => println!("audit chain intact: {} entries verified", v.entries),
+                None => {
+                    println!("audit chain intact: {} entries verified", v.entries);
+                    match (anchor, v.after_anchor) {
+                        (Some(anchor), Some(after)) => println!(
+                            "matches the anchor at seq {} ({} entries); {after} entries written since",
+                            anchor.seq, anchor.count
+                        ),
+                        _ => println!(
+                            "note: no --audit-anchor given: entries deleted from the end of the log, or a \
+                             TRUNCATE, would go unnoticed"
+                        ),
+                    }
+                    if v.legacy > 0 {
+                        println!(
+                            "note: the first {} entries predate keyed links (plain SHA-256): anyone with write \
+                             access to the database could have rewritten them",
+                            v.legacy
+                        );
+                    }
+                }
                 Some(b) => {
                     println!("audit chain broken at seq {}: {}", b.seq, b.problem);
                     return Ok(ExitCode::FAILURE);
@@ -198,6 +280,8 @@ async fn with_database(database_url: Option<String>, command: DatabaseCommand) -
             license_vendor,
             license_operator,
             platform_tenant,
+            audit_anchor,
+            audit_anchor_seconds,
         } => {
             let leader_election = leader_elect.then(|| LeaderElection {
                 namespace: leader_election_namespace,
@@ -210,13 +294,30 @@ async fn with_database(database_url: Option<String>, command: DatabaseCommand) -
             });
             // Refuse an unknown schema before touching the cluster.
             countersign_reconcilers::db::check_schema(&pool).await?;
-            let client = kube::Client::try_default().await?;
-            let secret_key = match encryption_key_secret {
-                Some(reference) => Some(std::sync::Arc::new(
-                    countersign_operator::secret_key::load(&client, &reference).await?,
-                )),
-                None => None,
+            let reference = encryption_key_secret.ok_or_else(|| {
+                anyhow::anyhow!(
+                    "run needs --encryption-key-secret: secrets are sealed and the audit log is chained under that key"
+                )
+            })?;
+            let audit_anchor = match audit_anchor {
+                Some(reference) => {
+                    let (namespace, name) =
+                        countersign_operator::audit_anchor::parse_reference("--audit-anchor", &reference)?;
+                    Some(countersign_operator::audit_anchor::AnchorTarget {
+                        namespace,
+                        name,
+                        interval: std::time::Duration::from_secs(audit_anchor_seconds.max(1)),
+                    })
+                }
+                None => {
+                    tracing::warn!(
+                        "no --audit-anchor: a truncated audit log, or one missing its last entries, cannot be told"
+                    );
+                    None
+                }
             };
+            let client = kube::Client::try_default().await?;
+            let secret_key = std::sync::Arc::new(countersign_operator::secret_key::load(&client, &reference).await?);
             let extra_roots_pem = outbound_ca_file
                 .iter()
                 .map(|path| {
@@ -253,6 +354,7 @@ async fn with_database(database_url: Option<String>, command: DatabaseCommand) -
                     outbound,
                     licensing,
                     rule: countersign_operator::controller::RuleConfig { platform_tenant },
+                    audit_anchor,
                 },
             )
             .await?;

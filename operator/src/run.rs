@@ -36,14 +36,19 @@ pub struct RunOptions {
     pub resync: std::time::Duration,
     /// Run controllers only while holding this lease; None runs them at once.
     pub leader_election: Option<LeaderElection>,
-    /// The key secrets are sealed under (from `--encryption-key-secret`).
-    pub secret_key: Option<Arc<countersign_reconcilers::secrets::SecretKey>>,
+    /// The key secrets are sealed under (from `--encryption-key-secret`); the
+    /// audit chain's key is derived from it, so the operator cannot write
+    /// without it.
+    pub secret_key: Arc<countersign_reconcilers::secrets::SecretKey>,
     /// Where outbound calls may go.
     pub outbound: countersign_reconcilers::outbound::OutboundPolicy,
     /// The license keyring and the ends of the commercial chain.
     pub licensing: controller::Licensing,
     /// The deployer's configuration of the two-person rule.
     pub rule: controller::RuleConfig,
+    /// Where the audit chain's head is anchored; None keeps no anchor, and
+    /// then a truncated log goes unnoticed.
+    pub audit_anchor: Option<crate::audit_anchor::AnchorTarget>,
 }
 
 /// Where and as whom to take part in leader election.
@@ -194,7 +199,10 @@ pub async fn start(client: Client, pool: PgPool, options: RunOptions) -> Result<
         ),
         metrics: metrics.clone(),
         backoff: Default::default(),
-        actor: options.actor.clone(),
+        actor: countersign_reconcilers::audit::Actor::new(
+            options.actor.clone(),
+            options.secret_key.audit_chain_key().clone(),
+        ),
         resync: options.resync,
         pending: Default::default(),
         policies,
@@ -209,6 +217,7 @@ pub async fn start(client: Client, pool: PgPool, options: RunOptions) -> Result<
         }
     });
     let selector = options.selector.clone();
+    let anchor = options.audit_anchor.clone();
     let controllers = {
         let stop = stop.clone();
         let wait_stop = wait_stop.clone();
@@ -251,7 +260,20 @@ pub async fn start(client: Client, pool: PgPool, options: RunOptions) -> Result<
                     controller::webhook_subscription::run(ctx.clone(), selector.clone(), policy_changed(), wait_stop()),
                     controller::fronting_link::run(ctx.clone(), selector.clone(), policy_changed(), wait_stop()),
                     controller::license_grant::run(ctx.clone(), selector, policy_changed(), wait_stop()),
-                    controller::approval_policy::run(ctx, wait_stop()),
+                    controller::approval_policy::run(ctx.clone(), wait_stop()),
+                    async {
+                        // Only the leader writes entries, so only it moves their anchor.
+                        if let Some(target) = anchor {
+                            crate::audit_anchor::keep(
+                                ctx.client.clone(),
+                                ctx.pool.clone(),
+                                ctx.actor.key().clone(),
+                                target,
+                                wait_stop(),
+                            )
+                            .await;
+                        }
+                    },
                 );
             };
             tokio::pin!(controller);

@@ -1,6 +1,7 @@
 //! The two-person rule (DESIGN.md §4), one implementation for every kind:
 //! the pure decision on a change, and the change-request records.
 
+use crate::audit::Actor;
 use chrono::{DateTime, Utc};
 use countersign_crds::approval_policy::{ApprovalPolicySpec, GuardedKind, Operation};
 use sqlx::{Postgres, Transaction};
@@ -382,7 +383,7 @@ pub async fn record_decision(
     req: &NewRequest,
     existing: Option<&Recorded>,
     settle_as: Option<(&str, Option<&str>, Option<&str>)>,
-    actor: &str,
+    actor: &Actor,
 ) -> Result<(), crate::Error> {
     let existing = existing.filter(|r| r.decides(&req.digest));
     let unchanged = match (existing, settle_as) {
@@ -397,12 +398,12 @@ pub async fn record_decision(
     let rec = record(&mut tx, req).await?;
     if let Some((state, decided_by, note)) = settle_as {
         settle(&mut tx, rec.id, state, decided_by, note).await?;
-        let mut entry = crate::audit::Entry::now(&req.kind, &req.object_key, state, actor);
+        let mut entry = crate::audit::Entry::now(&req.kind, &req.object_key, state, actor.name());
         entry.requester = Some(req.requester.clone());
         entry.approver = decided_by.map(str::to_string);
         entry.digest = Some(req.digest.clone());
         entry.detail = serde_json::json!({"change_request": rec.id, "operation": op_name(req.operation)});
-        crate::audit::append(&mut tx, &entry).await?;
+        crate::audit::append(&mut tx, actor.key(), &entry).await?;
     }
     tx.commit().await?;
     Ok(())
@@ -449,7 +450,12 @@ pub struct Change<'a> {
 }
 
 /// Passes a change through the two-person rule, recording the change request.
-pub async fn gate(pool: &sqlx::PgPool, inputs: &Inputs, change: Change<'_>, actor: &str) -> Result<Gate, crate::Error> {
+pub async fn gate(
+    pool: &sqlx::PgPool,
+    inputs: &Inputs,
+    change: Change<'_>,
+    actor: &Actor,
+) -> Result<Gate, crate::Error> {
     use countersign_crds::annotations as a;
     let Some(policy) = inputs
         .policy

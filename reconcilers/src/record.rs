@@ -2,7 +2,7 @@
 //! ownership record and the audit entry are built from it.
 
 use crate::approval::ApprovedChange;
-use crate::audit::Entry;
+use crate::audit::{Actor, ChainKey, Entry};
 use crate::db::Ownership;
 use countersign_crds::annotations;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -14,6 +14,8 @@ use uuid::Uuid;
 pub struct Attribution {
     /// The operator's identity, recorded as actor.
     pub actor: String,
+    /// The key the write's audit entry is chained under.
+    pub chain: ChainKey,
     /// The requested-by annotation, if any.
     pub requester: Option<String>,
     /// uid of the object.
@@ -30,9 +32,10 @@ pub struct Attribution {
 
 impl Attribution {
     /// The attribution of a write of the object with `meta`.
-    pub fn of(meta: &ObjectMeta, actor: &str, digest: String, approval: Option<ApprovedChange>) -> Self {
+    pub fn of(meta: &ObjectMeta, actor: &Actor, digest: String, approval: Option<ApprovedChange>) -> Self {
         Self {
-            actor: actor.to_string(),
+            actor: actor.name().to_string(),
+            chain: actor.key().clone(),
             requester: meta
                 .annotations
                 .as_ref()
@@ -86,7 +89,7 @@ impl Attribution {
         entry.digest = Some(digest.to_string());
         entry.detail = detail;
         crate::approval::carry_out(tx, self.approval.as_ref(), &mut entry).await?;
-        crate::audit::append(tx, &entry).await?;
+        crate::audit::append(tx, &self.chain, &entry).await?;
         Ok(())
     }
 }

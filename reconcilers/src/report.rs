@@ -297,7 +297,7 @@ pub async fn pass(
     pool: &sqlx::PgPool,
     approvals: &approval::Inputs,
     planned: Planned<'_>,
-    actor: &str,
+    actor: &crate::audit::Actor,
 ) -> Result<Passage, crate::Error> {
     let Some(operation) = planned.operation else {
         return Ok(Passage::Go {
@@ -376,7 +376,7 @@ pub async fn deletion_gate(
     pool: &sqlx::PgPool,
     approvals: &approval::Inputs,
     object: Deleting<'_>,
-    actor: &str,
+    actor: &crate::audit::Actor,
 ) -> Result<DeletionGate, crate::Error> {
     if crate::db::owned_by_object(pool, object.kind, object.uid)
         .await?

@@ -34,6 +34,7 @@ pub struct SecretKey {
     id: String,
     aead: LessSafeKey,
     fingerprint: hmac::Key,
+    audit_chain: crate::audit::ChainKey,
 }
 
 impl std::fmt::Debug for SecretKey {
@@ -72,17 +73,28 @@ impl SecretKey {
         let aead_key = derive(b"aead")?;
         let fingerprint_key = derive(b"fingerprint")?;
         let id_material = derive(b"key-id")?;
+        // Its own label, so the audit chain's key reveals nothing about the
+        // sealing or fingerprint keys and can be handed to a verifier's code
+        // path without them.
+        let audit_chain_key = derive(b"countersign audit chain v1")?;
+        let audit_anchor_key = derive(b"countersign audit anchor v1")?;
         let aead = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &aead_key).map_err(|_| SecretError::Random)?);
         Ok(Self {
             id: format!("k1-{}", hex::encode(&id_material[..6])),
             aead,
             fingerprint: hmac::Key::new(hmac::HMAC_SHA256, &fingerprint_key),
+            audit_chain: crate::audit::ChainKey::from_derived(&audit_chain_key, &audit_anchor_key),
         })
     }
 
     /// The key's public identifier.
     pub fn id(&self) -> &str {
         &self.id
+    }
+
+    /// The key the audit log's links are MACed under, derived from this key.
+    pub fn audit_chain_key(&self) -> &crate::audit::ChainKey {
+        &self.audit_chain
     }
 
     /// A fingerprint of `plaintext` that changes when it does and cannot be

@@ -76,6 +76,36 @@ pub async fn database() -> anyhow::Result<(String, PgPool)> {
     Ok((url, pool))
 }
 
+/// A login role in `countersign_runtime`, made as a deployer would make the
+/// operator's (`CREATE ROLE … LOGIN PASSWORD … IN ROLE countersign_runtime`),
+/// with its URL for the database at `url` and a pool connected as it.
+pub struct RuntimeRole {
+    /// The role's name (unique: roles are shared by every database on the server).
+    pub name: String,
+    /// `url` with the role's credentials.
+    pub url: String,
+    /// A pool connected as the role.
+    pub pool: PgPool,
+}
+
+/// Creates a [`RuntimeRole`] for the migrated database at `url`, using `owner`
+/// (a superuser connection) to create it.
+pub async fn runtime_role(url: &str, owner: &PgPool) -> anyhow::Result<RuntimeRole> {
+    let name = format!("countersign_operator_{}", uuid::Uuid::new_v4().simple());
+    let password = uuid::Uuid::new_v4().simple().to_string();
+    // Both are made of [a-z0-9_] only, so formatting them into SQL is safe.
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "CREATE ROLE {name} LOGIN PASSWORD '{password}' IN ROLE countersign_runtime"
+    )))
+    .execute(owner)
+    .await?;
+    let (scheme, rest) = url.split_once("://").ok_or_else(|| anyhow!("not a URL: {url}"))?;
+    let (_, host) = rest.split_once('@').ok_or_else(|| anyhow!("no user in the URL"))?;
+    let url = format!("{scheme}://{name}:{password}@{host}");
+    let pool = countersign_reconcilers::db::connect(&url).await?;
+    Ok(RuntimeRole { name, url, pool })
+}
+
 /// Starts an operator that reconciles only objects labelled with `run_id`.
 pub async fn operator(client: &Client, pool: &PgPool, run_id: &str) -> anyhow::Result<Running> {
     operator_with_resync(client, pool, run_id, Duration::from_secs(300)).await
@@ -105,10 +135,11 @@ pub async fn operator_with(
         instance: Some(format!("e2e-{run_id}")),
         resync: Duration::from_secs(300),
         leader_election: None,
-        secret_key: Some(std::sync::Arc::new(test_key())),
+        secret_key: std::sync::Arc::new(test_key()),
         outbound: Default::default(),
         licensing: Default::default(),
         rule: Default::default(),
+        audit_anchor: None,
     };
     adjust(&mut options);
     Ok(start(client.clone(), pool.clone(), options).await?)

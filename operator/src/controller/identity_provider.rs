@@ -88,7 +88,7 @@ impl Reconciled for IdentityProvider {
         let inputs = pipeline::Inputs {
             approvals,
             secret,
-            key: ctx.secret_key.as_deref(),
+            key: Some(ctx.secret_key.as_ref()),
             checks: &checks,
         };
         let report = pipeline::reconcile(self, &ctx.pool, &ctx.actor, inputs).await?;

@@ -37,8 +37,9 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// Retry state per object.
     pub backoff: Backoff,
-    /// The identity written to the audit log as actor.
-    pub actor: String,
+    /// The identity written to the audit log as actor, with the key its
+    /// entries are chained under.
+    pub actor: countersign_reconcilers::audit::Actor,
     /// How often a settled object is looked at again to detect drift in the
     /// database, which has no watch of its own.
     pub resync: std::time::Duration,
@@ -46,8 +47,8 @@ pub struct Context {
     pub pending: PendingApprovals,
     /// Every ApprovalPolicy, kept current by a watch.
     pub policies: kube::runtime::reflector::Store<countersign_crds::ApprovalPolicy>,
-    /// The key secrets are sealed under; None when the operator was given none.
-    pub secret_key: Option<Arc<countersign_reconcilers::secrets::SecretKey>>,
+    /// The key secrets are sealed under.
+    pub secret_key: Arc<countersign_reconcilers::secrets::SecretKey>,
     /// The one client for every outbound call, under the outbound policy.
     pub outbound: Option<countersign_reconcilers::outbound::OutboundClient>,
     /// What license grants are checked against.

@@ -236,7 +236,7 @@ impl Reconciled for WebhookSubscription {
             approvals,
             secret,
             rotation_token,
-            key: ctx.secret_key.as_deref(),
+            key: Some(ctx.secret_key.as_ref()),
             outbound: ctx.outbound.as_ref(),
         };
         let report = pipeline::reconcile(ws, &ctx.pool, &ctx.actor, inputs).await?;

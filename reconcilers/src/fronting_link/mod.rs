@@ -11,6 +11,7 @@ pub mod resolve;
 pub mod validate;
 
 use crate::approval::{self, ApprovedChange};
+use crate::audit::Actor;
 use crate::outcome::{Desired, Outcome};
 use crate::report::{self, CONFLICT_REQUEUE, refused, stalled};
 use apply::Attribution;
@@ -39,7 +40,7 @@ fn subject(link: &FrontingLink) -> String {
     )
 }
 
-fn attribution(link: &FrontingLink, actor: &str, digest: String, approval: Option<ApprovedChange>) -> Attribution {
+fn attribution(link: &FrontingLink, actor: &Actor, digest: String, approval: Option<ApprovedChange>) -> Attribution {
     Attribution::of(&link.metadata, actor, digest, approval)
 }
 
@@ -47,7 +48,7 @@ fn attribution(link: &FrontingLink, actor: &str, digest: String, approval: Optio
 pub async fn reconcile(
     link: &FrontingLink,
     pool: &PgPool,
-    actor: &str,
+    actor: &Actor,
     approvals: &approval::Inputs,
 ) -> Result<Outcome, crate::Error> {
     let desired = match validate::validate(&link.spec) {
@@ -137,7 +138,7 @@ pub async fn reconcile(
 pub async fn deletion_gate(
     link: &FrontingLink,
     pool: &PgPool,
-    actor: &str,
+    actor: &Actor,
     approvals: &approval::Inputs,
 ) -> Result<DeletionGate, crate::Error> {
     let deleting = report::Deleting {
@@ -155,7 +156,7 @@ pub async fn deletion_gate(
 pub async fn cleanup(
     link: &FrontingLink,
     pool: &PgPool,
-    actor: &str,
+    actor: &Actor,
     approved: Option<ApprovedChange>,
 ) -> Result<(), crate::Error> {
     apply::remove(pool, &attribution(link, actor, String::new(), approved)).await

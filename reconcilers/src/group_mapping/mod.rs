@@ -7,6 +7,7 @@ pub mod resolve;
 pub mod validate;
 
 use crate::approval::{self, ApprovedChange};
+use crate::audit::Actor;
 use crate::outcome::Outcome;
 use crate::report::{self, CONFLICT_REQUEUE, refused, stalled};
 use apply::Attribution;
@@ -40,7 +41,7 @@ fn subject(gm: &GroupMapping) -> String {
     )
 }
 
-fn attribution(gm: &GroupMapping, actor: &str, digest: String, approval: Option<ApprovedChange>) -> Attribution {
+fn attribution(gm: &GroupMapping, actor: &Actor, digest: String, approval: Option<ApprovedChange>) -> Attribution {
     Attribution::of(&gm.metadata, actor, digest, approval)
 }
 
@@ -50,7 +51,7 @@ fn attribution(gm: &GroupMapping, actor: &str, digest: String, approval: Option<
 pub async fn reconcile(
     gm: &GroupMapping,
     pool: &PgPool,
-    actor: &str,
+    actor: &Actor,
     approvals: &approval::Inputs,
     platform_tenant: Option<&str>,
 ) -> Result<Outcome, crate::Error> {
@@ -159,7 +160,7 @@ pub async fn reconcile(
 pub async fn deletion_gate(
     gm: &GroupMapping,
     pool: &PgPool,
-    actor: &str,
+    actor: &Actor,
     approvals: &approval::Inputs,
 ) -> Result<DeletionGate, crate::Error> {
     let deleting = report::Deleting {
@@ -177,7 +178,7 @@ pub async fn deletion_gate(
 pub async fn cleanup(
     gm: &GroupMapping,
     pool: &PgPool,
-    actor: &str,
+    actor: &Actor,
     approved: Option<ApprovedChange>,
 ) -> Result<(), crate::Error> {
     apply::remove(pool, &attribution(gm, actor, String::new(), approved)).await

@@ -7,6 +7,7 @@ pub mod resolve;
 pub mod validate;
 
 use crate::approval::{self, ApprovedChange, Gate};
+use crate::audit::Actor;
 use crate::outcome::{Desired, Outcome};
 use crate::report::{self, CONFLICT_REQUEUE, cond, refused, stalled};
 use crate::secrets::SecretKey;
@@ -146,7 +147,7 @@ fn annotation<'a>(idp: &'a IdentityProvider, key: &str) -> Option<&'a String> {
     report::annotation(idp.metadata.annotations.as_ref(), key)
 }
 
-fn attribution(idp: &IdentityProvider, actor: &str, digest: String, approval: Option<ApprovedChange>) -> Attribution {
+fn attribution(idp: &IdentityProvider, actor: &Actor, digest: String, approval: Option<ApprovedChange>) -> Attribution {
     Attribution::of(&idp.metadata, actor, digest, approval)
 }
 
@@ -162,7 +163,7 @@ fn object_key(idp: &IdentityProvider) -> String {
 pub async fn reconcile<C: ProviderChecks>(
     idp: &IdentityProvider,
     pool: &PgPool,
-    actor: &str,
+    actor: &Actor,
     inputs: Inputs<'_, C>,
 ) -> Result<Report, crate::Error> {
     let desired = match validate::validate(&idp.spec) {
@@ -415,7 +416,7 @@ fn removal_mode(policy: IdpDeletionPolicy) -> RemovalMode {
 pub async fn deletion_gate(
     idp: &IdentityProvider,
     pool: &PgPool,
-    actor: &str,
+    actor: &Actor,
     approvals: &approval::Inputs,
 ) -> Result<DeletionGate, crate::Error> {
     let uid = idp.metadata.uid.clone().unwrap_or_default();
@@ -464,7 +465,7 @@ fn in_use_outcome(name: &str, mappings: i64) -> Outcome {
 pub async fn cleanup(
     idp: &IdentityProvider,
     pool: &PgPool,
-    actor: &str,
+    actor: &Actor,
     approved: Option<ApprovedChange>,
 ) -> Result<Result<(), Outcome>, crate::Error> {
     let who = attribution(idp, actor, String::new(), approved);

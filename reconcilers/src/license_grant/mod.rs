@@ -41,6 +41,7 @@ pub mod signature;
 pub mod validate;
 
 use crate::approval::{self, ApprovedChange};
+use crate::audit::Actor;
 use crate::conditions::DesiredCondition;
 use crate::outcome::{Desired, Outcome};
 use crate::report::{self, CONFLICT_REQUEUE, cond, refused, stalled};
@@ -85,7 +86,7 @@ fn subject(lg: &LicenseGrant) -> String {
     format!("license grant {}", lg.spec.grant_id)
 }
 
-fn attribution(lg: &LicenseGrant, actor: &str, digest: String, approval: Option<ApprovedChange>) -> Attribution {
+fn attribution(lg: &LicenseGrant, actor: &Actor, digest: String, approval: Option<ApprovedChange>) -> Attribution {
     Attribution::of(&lg.metadata, actor, digest, approval)
 }
 
@@ -109,7 +110,7 @@ fn refuse(reason: &'static str, message: String, imported: bool) -> Outcome {
 pub async fn reconcile(
     lg: &LicenseGrant,
     pool: &PgPool,
-    actor: &str,
+    actor: &Actor,
     approvals: &approval::Inputs,
     trust: Trust<'_>,
     now: DateTime<Utc>,
@@ -378,7 +379,7 @@ fn imported_outcome(
 pub async fn deletion_gate(
     lg: &LicenseGrant,
     pool: &PgPool,
-    actor: &str,
+    actor: &Actor,
     approvals: &approval::Inputs,
 ) -> Result<DeletionGate, crate::Error> {
     let deleting = report::Deleting {
@@ -398,7 +399,7 @@ pub async fn deletion_gate(
 pub async fn cleanup(
     lg: &LicenseGrant,
     pool: &PgPool,
-    actor: &str,
+    actor: &Actor,
     approved: Option<ApprovedChange>,
 ) -> Result<(), crate::Error> {
     apply::release(pool, &attribution(lg, actor, String::new(), approved)).await?;

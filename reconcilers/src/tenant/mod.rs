@@ -6,6 +6,7 @@ pub mod resolve;
 pub mod validate;
 
 use crate::approval::{self, ApprovedChange};
+use crate::audit::Actor;
 use crate::outcome::Outcome;
 use crate::report::{self, CONFLICT_REQUEUE, refused, stalled};
 use apply::Attribution;
@@ -18,7 +19,7 @@ pub use crate::report::{DeletionGate, unavailable};
 /// The kind name used in ownership records and the audit log.
 pub const KIND: &str = "Tenant";
 
-fn attribution(tenant: &Tenant, actor: &str, digest: String, approval: Option<ApprovedChange>) -> Attribution {
+fn attribution(tenant: &Tenant, actor: &Actor, digest: String, approval: Option<ApprovedChange>) -> Attribution {
     Attribution::of(&tenant.metadata, actor, digest, approval)
 }
 
@@ -31,7 +32,7 @@ fn adopt_requested(tenant: &Tenant) -> bool {
 pub async fn reconcile(
     tenant: &Tenant,
     pool: &PgPool,
-    actor: &str,
+    actor: &Actor,
     approvals: &approval::Inputs,
 ) -> Result<Outcome, crate::Error> {
     let desired = match validate::validate(&tenant.spec) {
@@ -108,7 +109,7 @@ pub async fn reconcile(
 pub async fn deletion_gate(
     tenant: &Tenant,
     pool: &PgPool,
-    actor: &str,
+    actor: &Actor,
     approvals: &approval::Inputs,
 ) -> Result<DeletionGate, crate::Error> {
     let deleting = report::Deleting {
@@ -127,7 +128,7 @@ pub async fn deletion_gate(
 pub async fn cleanup(
     tenant: &Tenant,
     pool: &PgPool,
-    actor: &str,
+    actor: &Actor,
     approved: Option<ApprovedChange>,
 ) -> Result<(), crate::Error> {
     let who = attribution(tenant, actor, String::new(), approved);

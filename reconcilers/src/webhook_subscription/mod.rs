@@ -14,6 +14,7 @@ pub mod validate;
 pub mod verify;
 
 use crate::approval::{self, ApprovedChange, Gate};
+use crate::audit::Actor;
 use crate::outbound::OutboundClient;
 use crate::outcome::Outcome;
 use crate::report::{self, CONFLICT_REQUEUE, refused, stalled};
@@ -153,7 +154,12 @@ fn annotation<'a>(ws: &'a WebhookSubscription, key: &str) -> Option<&'a String> 
     report::annotation(ws.metadata.annotations.as_ref(), key)
 }
 
-fn attribution(ws: &WebhookSubscription, actor: &str, digest: String, approval: Option<ApprovedChange>) -> Attribution {
+fn attribution(
+    ws: &WebhookSubscription,
+    actor: &Actor,
+    digest: String,
+    approval: Option<ApprovedChange>,
+) -> Attribution {
     Attribution::of(&ws.metadata, actor, digest, approval)
 }
 
@@ -171,7 +177,7 @@ fn secret_field(ws: &WebhookSubscription) -> &'static str {
 pub async fn reconcile(
     ws: &WebhookSubscription,
     pool: &PgPool,
-    actor: &str,
+    actor: &Actor,
     inputs: Inputs<'_>,
 ) -> Result<Report, crate::Error> {
     let desired = match validate::validate(&ws.spec) {
@@ -456,7 +462,7 @@ impl Verification<'_> {
 pub async fn deletion_gate(
     ws: &WebhookSubscription,
     pool: &PgPool,
-    actor: &str,
+    actor: &Actor,
     approvals: &approval::Inputs,
 ) -> Result<DeletionGate, crate::Error> {
     let deleting = report::Deleting {
@@ -475,7 +481,7 @@ pub async fn deletion_gate(
 pub async fn cleanup(
     ws: &WebhookSubscription,
     pool: &PgPool,
-    actor: &str,
+    actor: &Actor,
     approved: Option<ApprovedChange>,
 ) -> Result<(), crate::Error> {
     apply::remove(pool, &attribution(ws, actor, String::new(), approved)).await
