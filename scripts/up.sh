@@ -85,6 +85,22 @@ sed -e "s#https://login.acme.example/v2.0#$DEV_IDP_ISSUER#" \
     -e "s#entityId: .*#entityId: $DEV_IDP_ENTITY_ID#" \
     -e "s#ssoUrl: .*#ssoUrl: $DEV_IDP_SSO_URL#" \
     examples/20-identity-provider.yaml | kubectl apply -f -
+# The approval floor (on by default) holds every new identity provider for a
+# second person, as reference 000 asks: the providers were declared by this
+# shell's user, so another person, bob@example.com of platform-approvers,
+# approves the digest each one shows.
+for idp in acme-entra acme-saml; do
+  digest=""
+  for _ in $(seq 1 300); do
+    digest=$(kubectl -n team-acme get identityprovider "$idp" -o jsonpath='{.status.pendingDigest}')
+    [ -n "$digest" ] && break
+    sleep 0.2
+  done
+  echo "    $idp awaits approval (digest $digest); bob@example.com approves it"
+  kubectl --as=bob@example.com --as-group=platform-approvers --as-group=system:authenticated \
+    -n team-acme annotate identityprovider "$idp" \
+    countersign.dev/approved-by=bob@example.com countersign.dev/approved-digest="$digest" >/dev/null
+done
 kubectl wait --for=condition=Ready identityproviders,groupmappings --all -A --timeout=120s >/dev/null || true
 echo "==> applying the example webhook subscriptions (pointed at the local receiver)"
 # A URL is subscribed once per tenant, so each subscription gets its own path.
@@ -130,6 +146,9 @@ kubectl get frontinglinks -o wide
 echo
 psql "$DATABASE_URL" -c "SELECT name, protocol, status, issuer_url IS NOT NULL AS oidc, client_secret_ref IS NOT NULL AS sealed_secret FROM identity_providers ORDER BY name"
 psql "$DATABASE_URL" -c "SELECT name FROM public_identity_providers ORDER BY name"
+echo "Who asked for and who approved each provider (the audit log):"
+psql "$DATABASE_URL" -c "SELECT seq, object_key, action, requester, approver, detail->>'declared_by' AS declared_by
+  FROM audit_log WHERE kind = 'IdentityProvider' ORDER BY seq"
 echo
 kubectl get webhooksubscriptions -A -o wide
 echo

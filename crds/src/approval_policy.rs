@@ -32,10 +32,21 @@ pub struct ApprovalPolicySpec {
     )))]
     #[x_kube(merge_strategy = ListMerge::Set)]
     pub gitops_service_accounts: Vec<String>,
+    /// How many distinct people, none of them the requester, must approve a
+    /// covered change (default 1). With several policies the highest count
+    /// applies. Two or more mean that one person who can both merge to the
+    /// synced repository and approve cannot pass a change alone.
+    #[serde(default = "one_approval")]
+    #[schemars(range(min = 1, max = 5))]
+    pub required_approvals: u32,
 }
 
 fn default_ttl() -> i64 {
     7 * 24 * 3600
+}
+
+fn one_approval() -> u32 {
+    1
 }
 
 /// One set of kinds and operations that need a second person.

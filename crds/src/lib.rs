@@ -59,6 +59,12 @@ pub mod annotations {
     pub const REJECTED_DIGEST: &str = "countersign.dev/rejected-digest";
     /// Optional free-text reason for a rejection.
     pub const REJECTED_REASON: &str = "countersign.dev/rejected-reason";
+    /// The account whose write last set the spec or the requester. The API
+    /// server stamps it (MutatingAdmissionPolicy countersign-stamp-declarer)
+    /// and refuses any other value, so the operator knows who declared the
+    /// requester: a person may only declare themselves, a GitOps account
+    /// listed in an ApprovalPolicy may declare the git author.
+    pub const DECLARED_BY: &str = "countersign.dev/declared-by";
     /// Set to "true" to let this object take over a row made outside the operator.
     pub const ADOPT: &str = "countersign.dev/adopt";
     /// Set to a new value to rotate an operator-generated secret (e.g. a

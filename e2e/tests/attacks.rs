@@ -596,3 +596,403 @@ async fn taking_over_a_row_made_outside_countersign_needs_a_second_person() -> a
     stack.op.shutdown().await;
     Ok(())
 }
+
+/// A control plane with the admission guard and RBAC but no ApprovalPolicy,
+/// and an operator with the approval floor on and `tenant` as the
+/// platform's own tenant (it lists `ns`).
+struct Floor {
+    cp: countersign_e2e::ControlPlane,
+    admin: kube::Client,
+    pool: sqlx::PgPool,
+    run: String,
+    ns: String,
+    tenant: String,
+    op: countersign_operator::run::Running,
+    stub: countersign_e2e::stub_idp::StubIdp,
+}
+
+impl Floor {
+    async fn start() -> anyhow::Result<Self> {
+        use kube::api::PostParams;
+        let cp = countersign_e2e::ControlPlane::start().await?;
+        let admin = cp.client().await?;
+        common::approvals::install(&admin, false).await?;
+        let (_url, pool) = common::database().await?;
+        let run = unique_name("floor");
+        let tenant = unique_name("platform");
+        let stub = countersign_e2e::stub_idp::StubIdp::start().await?;
+        let ca = stub.ca_pem().to_string();
+        let platform = tenant.clone();
+        let op = common::operator_with(&admin, &pool, &run, |o| {
+            o.outbound.allow_loopback = true;
+            o.outbound.extra_roots_pem = vec![ca];
+            o.rule.approval_floor = true;
+            o.rule.platform_tenant = Some(platform);
+        })
+        .await?;
+        let ns = unique_name("team");
+        common::ensure_namespace(&admin, &ns).await?;
+        let tenants: Api<Tenant> = Api::all(admin.clone());
+        tenants
+            .create(
+                &PostParams::default(),
+                &common::tenant(
+                    &tenant,
+                    &run,
+                    json!({"slug": tenant, "name": "The platform", "allowedNamespaces": [ns]}),
+                )?,
+            )
+            .await?;
+        wait_tenant(&tenants, &tenant, "Ready", |t| {
+            has_condition(t, "Ready", "True", "Live")
+        })
+        .await?;
+        let secret: k8s_openapi::api::core::v1::Secret = serde_json::from_value(json!({
+            "metadata": {"name": "sso-oidc", "namespace": ns}, "stringData": {"client-secret": "v"}}))?;
+        Api::<k8s_openapi::api::core::v1::Secret>::namespaced(admin.clone(), &ns)
+            .create(&PostParams::default(), &secret)
+            .await?;
+        Ok(Self {
+            cp,
+            admin,
+            pool,
+            run,
+            ns,
+            tenant,
+            op,
+            stub,
+        })
+    }
+
+    fn idp(
+        &self,
+        name: &str,
+        display: &str,
+        annotations: serde_json::Value,
+    ) -> anyhow::Result<countersign_crds::IdentityProvider> {
+        let run = &self.run;
+        Ok(serde_json::from_value(json!({
+            "apiVersion": "platform.countersign.dev/v1alpha1", "kind": "IdentityProvider",
+            "metadata": {"name": name, "namespace": self.ns, "labels": {common::TEST_LABEL: run},
+                         "annotations": annotations},
+            "spec": {"tenantRef": {"name": self.tenant}, "displayName": display,
+                     "oidc": {"issuer": self.stub.issuer(), "clientId": "c",
+                              "clientSecret": {"name": "sso-oidc", "key": "client-secret"}}},
+        }))?)
+    }
+
+    fn mapping(&self, name: &str, role: &str) -> anyhow::Result<countersign_crds::GroupMapping> {
+        let run = &self.run;
+        Ok(serde_json::from_value(json!({
+            "apiVersion": "platform.countersign.dev/v1alpha1", "kind": "GroupMapping",
+            "metadata": {"name": name, "namespace": self.ns, "labels": {common::TEST_LABEL: run}},
+            "spec": {"identityProviderRef": {"name": "sso"}, "groupName": name, "role": role},
+        }))?)
+    }
+
+    async fn idps_as(&self, user: &str) -> anyhow::Result<Api<countersign_crds::IdentityProvider>> {
+        Ok(Api::namespaced(
+            self.cp.client_as(user, &[EDITORS, APPROVERS]).await?,
+            &self.ns,
+        ))
+    }
+
+    async fn wait_idp(
+        &self,
+        name: &str,
+        what: &str,
+        reason: &str,
+    ) -> anyhow::Result<countersign_crds::IdentityProvider> {
+        let idps: Api<countersign_crds::IdentityProvider> = Api::namespaced(self.admin.clone(), &self.ns);
+        common::wait_for(
+            &format!("IdentityProvider {name} {what}"),
+            async || Ok(idps.get_opt(name).await?),
+            |i| {
+                i.status
+                    .as_ref()
+                    .and_then(|s| s.common.condition("Approved"))
+                    .is_some_and(|c| c.reason == reason && c.observed_generation == i.metadata.generation)
+            },
+        )
+        .await
+    }
+
+    async fn wait_mapping(
+        &self,
+        name: &str,
+        what: &str,
+        pred: impl Fn(&countersign_crds::GroupMapping) -> bool,
+    ) -> anyhow::Result<countersign_crds::GroupMapping> {
+        let api: Api<countersign_crds::GroupMapping> = Api::namespaced(self.admin.clone(), &self.ns);
+        common::wait_for(
+            &format!("GroupMapping {name} {what}"),
+            async || Ok(api.get_opt(name).await?),
+            pred,
+        )
+        .await
+    }
+}
+
+/// action, requester, approver and declared_by of an audit entry.
+type AuditRow = (String, Option<String>, Option<String>, Option<String>);
+
+fn approve_patch(by: &str, digest: &str) -> Patch<serde_json::Value> {
+    Patch::Merge(json!({"metadata": {"annotations": {
+        "countersign.dev/approved-by": by, "countersign.dev/approved-digest": digest}}}))
+}
+
+/// Attack 8: reference 000's floor ("a new IdP federation must be approved
+/// by a second PLATFORM_ADMIN before it becomes public") held only if
+/// someone wrote an ApprovalPolicy. With no policy at all, the operator's
+/// floor holds a new provider and a platform-wide mapping for a second
+/// person; a requester nobody can vouch for is refused outright.
+#[tokio::test]
+async fn the_approval_floor_holds_providers_and_platform_roles_without_any_policy() -> anyhow::Result<()> {
+    use kube::api::PostParams;
+    let f = Floor::start().await?;
+    let public = || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM public_identity_providers")
+            .fetch_one(&f.pool)
+            .await
+    };
+
+    // alice declares a provider with kubectl: it waits, stored pending and hidden.
+    let alice = f.idps_as("alice").await?;
+    alice
+        .create(&PostParams::default(), &f.idp("sso", "Platform SSO", json!({}))?)
+        .await?;
+    let waiting = f.wait_idp("sso", "awaiting approval", "AwaitingApproval").await?;
+    let digest = waiting
+        .status
+        .as_ref()
+        .and_then(|s| s.common.pending_digest.clone())
+        .unwrap_or_default();
+    assert_eq!(public().await?, 0, "not public before a second person approves");
+    let row: (String, Option<String>) =
+        sqlx::query_as("SELECT status, requested_by FROM identity_providers WHERE name = 'Platform SSO'")
+            .fetch_one(&f.pool)
+            .await?;
+    assert_eq!(row, ("PENDING_APPROVAL".into(), Some("alice".into())));
+    let request: (String, Option<String>) =
+        sqlx::query_as("SELECT requester, declared_by FROM change_requests WHERE kind = 'IdentityProvider'")
+            .fetch_one(&f.pool)
+            .await?;
+    assert_eq!(
+        request,
+        ("alice".into(), Some("alice".into())),
+        "the declarer is the requester"
+    );
+
+    // alice cannot approve it herself, under any spelling.
+    let before = guarded_tables(&f.pool).await?;
+    for spelling in ["alice", "Alice", "oidc:alice"] {
+        let own = f
+            .idps_as(spelling)
+            .await?
+            .patch("sso", &PatchParams::default(), &approve_patch(spelling, &digest))
+            .await
+            .expect_err("the declarer cannot approve");
+        assert!(
+            own.to_string().contains("you cannot approve a change you declared"),
+            "{spelling}: {own}"
+        );
+    }
+
+    // mallory names carol as requester of a provider of her own: nobody can vouch for that.
+    let mallory = f.idps_as("mallory").await?;
+    mallory
+        .create(
+            &PostParams::default(),
+            &f.idp("forged", "Forged SSO", json!({"countersign.dev/requested-by": "carol"}))?,
+        )
+        .await?;
+    let forged = f.wait_idp("forged", "refused", "RequesterUnverified").await?;
+    let stalled = forged
+        .status
+        .as_ref()
+        .and_then(|s| s.common.condition("Stalled"))
+        .cloned()
+        .expect("Stalled");
+    assert_eq!(
+        (stalled.status.as_str(), stalled.reason.as_str()),
+        ("True", "RequesterUnverified")
+    );
+    assert!(stalled.message.contains("mallory declared it"), "{}", stalled.message);
+    let forged_digest = forged
+        .status
+        .as_ref()
+        .and_then(|s| s.common.pending_digest.clone())
+        .unwrap_or_default();
+    f.idps_as("bob")
+        .await?
+        .patch("forged", &PatchParams::default(), &approve_patch("bob", &forged_digest))
+        .await?;
+    settle().await;
+    assert_eq!(
+        guarded_tables(&f.pool).await?,
+        before,
+        "nothing written, recorded or audited"
+    );
+
+    // bob approves alice's provider: public, with both named in the audit log.
+    f.idps_as("bob")
+        .await?
+        .patch("sso", &PatchParams::default(), &approve_patch("bob", &digest))
+        .await?;
+    f.wait_idp("sso", "approved", "Approved").await?;
+    assert_eq!(public().await?, 1);
+    let audit: Vec<AuditRow> = sqlx::query_as(
+        "SELECT action, requester, approver, detail->>'declared_by' FROM audit_log WHERE kind = 'IdentityProvider' ORDER BY seq",
+    )
+    .fetch_all(&f.pool)
+    .await?;
+    assert_eq!(
+        audit,
+        [
+            ("request".into(), Some("alice".into()), None, Some("alice".into())),
+            (
+                "activate".into(),
+                Some("alice".into()),
+                Some("bob".into()),
+                Some("alice".into())
+            )
+        ]
+    );
+
+    // A platform-wide role waits for a second person too; a client role does not.
+    let mappings: Api<countersign_crds::GroupMapping> =
+        Api::namespaced(f.cp.client_as("alice", &[EDITORS, APPROVERS]).await?, &f.ns);
+    mappings
+        .create(&PostParams::default(), &f.mapping("platform-admins", "PLATFORM_ADMIN")?)
+        .await?;
+    mappings
+        .create(&PostParams::default(), &f.mapping("client-admins", "CLIENT_ADMIN")?)
+        .await?;
+    f.wait_mapping("platform-admins", "awaiting approval", |m| {
+        common::status_has(
+            m.status.as_ref(),
+            m.metadata.generation,
+            "Approved",
+            "False",
+            "AwaitingApproval",
+        )
+    })
+    .await?;
+    f.wait_mapping("client-admins", "live", |m| {
+        common::status_has(m.status.as_ref(), m.metadata.generation, "Ready", "True", "Live")
+    })
+    .await?;
+    let roles: Vec<String> = sqlx::query_scalar("SELECT role FROM group_mappings WHERE deleted_at IS NULL")
+        .fetch_all(&f.pool)
+        .await?;
+    assert_eq!(
+        roles,
+        ["CLIENT_ADMIN"],
+        "the platform-wide mapping is not written while it waits"
+    );
+    f.op.shutdown().await;
+    Ok(())
+}
+
+/// Attack 5: `carol@example.com` requests and `Carol@Example.com` or
+/// `oidc:carol@example.com` (an OIDC username prefix) approves.
+#[tokio::test]
+async fn one_person_under_another_spelling_cannot_approve_their_own_change() -> anyhow::Result<()> {
+    let stack = Stack::start().await?;
+    let name = unique_name("spelling");
+    stack.gitops_create(&name, "carol@example.com").await?;
+    let digest = pending_digest(&stack.awaiting(&name).await?);
+    let before = guarded_tables(&stack.pool).await?;
+    for spelling in [
+        "Carol@Example.com",
+        "oidc:carol@example.com",
+        "https://idp.example#CAROL@EXAMPLE.COM",
+    ] {
+        let denied = stack
+            .as_user(spelling, &[EDITORS, APPROVERS])
+            .await?
+            .patch(&name, &PatchParams::default(), &approve_patch(spelling, &digest))
+            .await
+            .expect_err("the requester under another spelling");
+        assert!(
+            denied.to_string().contains("you cannot approve a change you requested"),
+            "{spelling}: {denied}"
+        );
+    }
+    // The database refuses it too, whoever writes there.
+    let refused = sqlx::query(
+        "UPDATE change_requests SET state = 'approved', decided_by = 'OIDC:Carol@Example.com' WHERE object_key = $1",
+    )
+    .bind(&name)
+    .execute(&stack.pool)
+    .await
+    .expect_err("the second person must be another person");
+    assert!(
+        refused.to_string().contains("change_requests_second_person"),
+        "{refused}"
+    );
+    settle().await;
+    assert_eq!(guarded_tables(&stack.pool).await?, before);
+    assert!(stack.rows(&name).await?.is_empty());
+    stack.op.shutdown().await;
+    Ok(())
+}
+
+/// Attack 9: a committer who is also an approver writes someone else's name
+/// in `requested-by` and approves their own change. In-cluster the rule can
+/// require several distinct approvers, and records who declared the requester.
+#[tokio::test]
+async fn a_policy_can_require_two_approvers_and_the_declarer_is_recorded() -> anyhow::Result<()> {
+    let stack = Stack::start().await?;
+    let admin: Api<Tenant> = Api::all(stack.admin.clone());
+    let policies: Api<countersign_crds::ApprovalPolicy> = Api::all(stack.admin.clone());
+    policies
+        .patch(
+            "tenants",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"requiredApprovals": 2}})),
+        )
+        .await?;
+    // bob commits the tenant under carol's name; GitOps applies it.
+    let name = unique_name("two");
+    settle().await;
+    stack.gitops_create(&name, "carol@example.com").await?;
+    let digest = pending_digest(&stack.awaiting(&name).await?);
+    stack.approve(&name, "bob", &digest).await?;
+    let one = wait_tenant(&admin, &name, "one of two approvals", |t| {
+        common::condition_of(t.status.as_ref(), "Approved")
+            .is_some_and(|c| c.message.contains("1 of 2 approvals (bob)"))
+    })
+    .await?;
+    assert!(has_condition(&one, "Approved", "False", "AwaitingApproval"));
+    assert!(stack.rows(&name).await?.is_empty(), "one person cannot pass it alone");
+    assert_eq!(common::count(&stack.pool, "audit_log").await?, 0);
+    // bob approving again (or under another spelling) is still one person.
+    stack.approve(&name, "Bob", &digest).await?;
+    settle().await;
+    assert!(stack.rows(&name).await?.is_empty());
+    // A second, different person completes it.
+    stack.approve(&name, "dave", &digest).await?;
+    wait_tenant(&admin, &name, "Ready", |t| has_condition(t, "Ready", "True", "Live")).await?;
+    let (requester, approver, declared_by, approvers): (
+        Option<String>,
+        Option<String>,
+        Option<String>,
+        serde_json::Value,
+    ) = sqlx::query_as(
+        "SELECT requester, approver, detail->>'declared_by', detail->'approvers' FROM audit_log WHERE object_key = $1",
+    )
+    .bind(&name)
+    .fetch_one(&stack.pool)
+    .await?;
+    assert_eq!(requester.as_deref(), Some("carol@example.com"));
+    assert_eq!(approver.as_deref(), Some("bob, dave"));
+    assert_eq!(
+        declared_by.as_deref(),
+        Some(GITOPS),
+        "the account that declared the requester, beside it"
+    );
+    assert_eq!(approvers, json!(["bob", "dave"]));
+    stack.op.shutdown().await;
+    Ok(())
+}

@@ -122,6 +122,6 @@ mod tests {
     #[test]
     fn the_shipped_guard_parses() {
         let objects = shipped_objects().expect("embedded YAML parses");
-        assert_eq!(objects.len(), 6);
+        assert_eq!(objects.len(), 8);
     }
 }

@@ -106,6 +106,12 @@ enum DatabaseCommand {
         /// BILLING_OPERATOR. Without it, no GroupMapping may grant them.
         #[arg(long, env = "COUNTERSIGN_PLATFORM_TENANT")]
         platform_tenant: Option<String>,
+        /// The approval floor: a new or changed IdentityProvider and any
+        /// GroupMapping granting a platform-wide role always wait for a second
+        /// person, whatever the ApprovalPolicies say (policies add to it, they
+        /// cannot remove it). `--approval-floor=false` turns it off.
+        #[arg(long, env = "COUNTERSIGN_APPROVAL_FLOOR", default_value_t = true, action = clap::ArgAction::Set)]
+        approval_floor: bool,
         /// The ConfigMap (namespace/name, in the operator's namespace) where
         /// the audit chain's head is anchored, so `verify-audit` can tell a
         /// truncated log. Without it a deleted tail goes unnoticed.
@@ -280,6 +286,7 @@ async fn with_database(database_url: Option<String>, command: DatabaseCommand) -
             license_vendor,
             license_operator,
             platform_tenant,
+            approval_floor,
             audit_anchor,
             audit_anchor_seconds,
         } => {
@@ -353,7 +360,10 @@ async fn with_database(database_url: Option<String>, command: DatabaseCommand) -
                     secret_key,
                     outbound,
                     licensing,
-                    rule: countersign_operator::controller::RuleConfig { platform_tenant },
+                    rule: countersign_operator::controller::RuleConfig {
+                        platform_tenant,
+                        approval_floor,
+                    },
                     audit_anchor,
                 },
             )

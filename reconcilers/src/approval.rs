@@ -14,6 +14,11 @@ pub struct EffectivePolicy {
     covered: BTreeSet<(String, &'static str)>,
     /// How long a request stays open, in seconds (the shortest of all policies).
     pub request_ttl_seconds: i64,
+    /// The GitOps accounts any policy trusts to declare another person as
+    /// requester.
+    pub gitops_accounts: BTreeSet<String>,
+    /// How many distinct people must approve (the highest of all policies).
+    pub required_approvals: u32,
 }
 
 impl EffectivePolicy {
@@ -24,8 +29,12 @@ impl EffectivePolicy {
             let p = out.get_or_insert_with(|| Self {
                 covered: BTreeSet::new(),
                 request_ttl_seconds: i64::MAX,
+                gitops_accounts: BTreeSet::new(),
+                required_approvals: 1,
             });
             p.request_ttl_seconds = p.request_ttl_seconds.min(spec.request_ttl_seconds);
+            p.required_approvals = p.required_approvals.max(spec.required_approvals);
+            p.gitops_accounts.extend(spec.gitops_service_accounts.iter().cloned());
             for rule in &spec.rules {
                 for kind in &rule.kinds {
                     for op in &rule.operations {
@@ -41,6 +50,18 @@ impl EffectivePolicy {
     pub fn covers(&self, kind: &str, operation: Operation) -> bool {
         self.covered.contains(&(kind.to_string(), op_name(operation)))
     }
+}
+
+/// How long a request stays open when only the floor covers a change.
+pub const FLOOR_REQUEST_TTL_SECONDS: i64 = 7 * 24 * 3600;
+
+/// What the rule asks of one covered change.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Coverage {
+    /// How long the request stays open.
+    pub ttl_seconds: i64,
+    /// How many distinct people must approve.
+    pub required_approvals: u32,
 }
 
 /// The Kubernetes kind name of a guarded kind.
@@ -93,6 +114,8 @@ pub struct Recorded {
     pub state: String,
     /// The requester recorded when the digest was first seen.
     pub requester: String,
+    /// The account that declared the requester (countersign.dev/declared-by).
+    pub declared_by: Option<String>,
     /// Who decided, once decided.
     pub decided_by: Option<String>,
     /// Rejection note.
@@ -120,6 +143,14 @@ pub struct Facts<'a> {
     pub digest: &'a str,
     /// The requested-by annotation.
     pub requester: Option<&'a str>,
+    /// The declared-by annotation the API server stamped.
+    pub declarer: Option<&'a str>,
+    /// The accounts trusted to declare someone else as requester.
+    pub gitops_accounts: &'a BTreeSet<String>,
+    /// How many distinct people must approve.
+    pub required_approvals: u32,
+    /// The approvals this request has collected so far.
+    pub collected: &'a [String],
     /// The approved-by / approved-digest annotations.
     pub approval: Option<Mark>,
     /// The rejected-by / rejected-digest annotations.
@@ -139,6 +170,21 @@ pub struct Facts<'a> {
 pub enum Decision {
     /// No requester declared: stall until one is.
     RequesterUnknown,
+    /// The requester was declared by an account not trusted to declare
+    /// someone else (or the API server did not stamp who declared it).
+    RequesterUnverified {
+        /// The declared requester.
+        requester: String,
+        /// Who declared it, if stamped.
+        declarer: Option<String>,
+    },
+    /// Some, not all, of the required approvals are in.
+    PartlyApproved {
+        /// The distinct approvers so far.
+        approvers: Vec<String>,
+        /// How many are required.
+        required: u32,
+    },
     /// Wait for a second person.
     Awaiting,
     /// An approval exists, but for another digest.
@@ -180,7 +226,8 @@ impl Decision {
     pub fn reason(&self) -> &'static str {
         match self {
             Self::RequesterUnknown => "RequesterUnknown",
-            Self::Awaiting => "AwaitingApproval",
+            Self::RequesterUnverified { .. } => "RequesterUnverified",
+            Self::Awaiting | Self::PartlyApproved { .. } => "AwaitingApproval",
             Self::StaleApproval { .. } | Self::ApprovalPredatesRequest { .. } => "StaleApproval",
             Self::SelfApprovalIgnored { .. } => "SelfApprovalIgnored",
             Self::Rejected { .. } => "Rejected",
@@ -191,13 +238,33 @@ impl Decision {
     }
 }
 
+/// The requester of a change: the `requested-by` annotation, or else the
+/// person who declared the change (the API server's stamp). A service
+/// account that leaves the requester out names nobody.
+pub fn requester_of<'a>(requested_by: Option<&'a str>, declarer: Option<&'a str>) -> Option<&'a str> {
+    let named = |v: Option<&'a str>| v.map(str::trim).filter(|v| !v.is_empty());
+    named(requested_by).or(named(declarer).filter(|d| !crate::identity::is_system(d)))
+}
+
 /// Decides on a change that a policy covers. Pure: every input is in `facts`.
 /// `facts.recorded` is the request that decides on this digest (see
 /// [`Recorded::decides`]); None when the digest is seen for the first time.
+/// People are compared in their normal form ([`crate::identity`]).
 pub fn decide(facts: &Facts<'_>) -> Decision {
-    let Some(requester) = facts.requester.filter(|r| !r.is_empty()) else {
+    use crate::identity::same_person;
+    let Some(requester) = requester_of(facts.requester, facts.declarer) else {
         return Decision::RequesterUnknown;
     };
+    // Only a GitOps account may declare someone else as requester.
+    let declared_by_requester_or_gitops = facts
+        .declarer
+        .is_some_and(|d| same_person(d, requester) || facts.gitops_accounts.contains(d.trim()));
+    if !declared_by_requester_or_gitops {
+        return Decision::RequesterUnverified {
+            requester: requester.to_string(),
+            declarer: facts.declarer.map(str::to_string),
+        };
+    }
     let recorded = facts.recorded.filter(|r| r.decides(facts.digest));
     // A decision recorded for this request stands, whatever the annotations say now.
     if let Some(rec) = recorded {
@@ -222,8 +289,18 @@ pub fn decide(facts: &Facts<'_>) -> Decision {
     if recorded.is_some_and(|r| facts.now >= r.expires_at) {
         return Decision::Expired;
     }
+    let awaiting = || {
+        if facts.collected.is_empty() {
+            Decision::Awaiting
+        } else {
+            Decision::PartlyApproved {
+                approvers: facts.collected.to_vec(),
+                required: facts.required_approvals,
+            }
+        }
+    };
     let Some(approval) = &facts.approval else {
-        return Decision::Awaiting;
+        return awaiting();
     };
     if approval.digest != facts.digest {
         return Decision::StaleApproval {
@@ -245,13 +322,27 @@ pub fn decide(facts: &Facts<'_>) -> Decision {
     if let Guard::Broken(why) = facts.guard {
         return Decision::GuardMissing(why.clone());
     }
-    if approval.by == recorded_requester || approval.by == requester {
+    let declarer = facts.declarer.unwrap_or_default();
+    if [recorded_requester, requester, declarer]
+        .iter()
+        .any(|who| same_person(&approval.by, who))
+    {
         return Decision::SelfApprovalIgnored {
             approver: approval.by.clone(),
         };
     }
+    let mut approvers = facts.collected.to_vec();
+    if !approvers.iter().any(|a| same_person(a, &approval.by)) {
+        approvers.push(approval.by.clone());
+    }
+    if (approvers.len() as u32) < facts.required_approvals {
+        return Decision::PartlyApproved {
+            approvers,
+            required: facts.required_approvals,
+        };
+    }
     Decision::Approved {
-        approver: approval.by.clone(),
+        approver: approvers.join(", "),
     }
 }
 
@@ -263,7 +354,7 @@ pub async fn latest<'e, E: sqlx::PgExecutor<'e>>(
     uid: &str,
 ) -> Result<Option<Recorded>, sqlx::Error> {
     sqlx::query_as(
-        "SELECT id, digest, state, requester, decided_by, note, expires_at, predating_approval FROM change_requests
+        "SELECT id, digest, state, requester, declared_by, decided_by, note, expires_at, predating_approval FROM change_requests
           WHERE kind = $1 AND object_uid = $2 ORDER BY created_at DESC LIMIT 1",
     )
     .bind(kind)
@@ -289,6 +380,8 @@ pub struct NewRequest {
     pub snapshot: serde_json::Value,
     /// Requester.
     pub requester: String,
+    /// The account that declared the requester.
+    pub declared_by: Option<String>,
     /// Open for this long.
     pub ttl_seconds: i64,
     /// Who had already approved this digest when it was first seen.
@@ -300,6 +393,8 @@ pub struct NewRequest {
 pub struct ApprovedChange {
     /// The request.
     pub request: NewRequest,
+    /// Every distinct person whose approval it carries.
+    pub approvers: Vec<String>,
     /// Who approved it.
     pub approver: String,
 }
@@ -319,10 +414,10 @@ pub async fn record(tx: &mut Transaction<'_, Postgres>, req: &NewRequest) -> Res
     .await?;
     sqlx::query_as(
         "INSERT INTO change_requests (kind, object_key, object_uid, operation, digest, spec_snapshot, requester, expires_at,
-                                      predating_approval)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, now() + make_interval(secs => $8), $9)
+                                      predating_approval, declared_by)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, now() + make_interval(secs => $8), $9, $10)
          ON CONFLICT (kind, object_uid, digest) WHERE state = 'pending' DO UPDATE SET state = change_requests.state
-         RETURNING id, digest, state, requester, decided_by, note, expires_at, predating_approval",
+         RETURNING id, digest, state, requester, declared_by, decided_by, note, expires_at, predating_approval",
     )
     .bind(&req.kind)
     .bind(&req.object_key)
@@ -333,6 +428,7 @@ pub async fn record(tx: &mut Transaction<'_, Postgres>, req: &NewRequest) -> Res
     .bind(&req.requester)
     .bind(req.ttl_seconds as f64)
     .bind(&req.predating_approval)
+    .bind(&req.declared_by)
     .fetch_one(&mut **tx)
     .await
 }
@@ -403,6 +499,9 @@ pub async fn record_decision(
         entry.approver = decided_by.map(str::to_string);
         entry.digest = Some(req.digest.clone());
         entry.detail = serde_json::json!({"change_request": rec.id, "operation": op_name(req.operation)});
+        if let (Some(declared_by), serde_json::Value::Object(detail)) = (&req.declared_by, &mut entry.detail) {
+            detail.insert("declared_by".into(), serde_json::json!(declared_by));
+        }
         crate::audit::append(&mut tx, actor.key(), &entry).await?;
     }
     tx.commit().await?;
@@ -416,6 +515,47 @@ pub struct Inputs {
     pub policy: Option<EffectivePolicy>,
     /// The state of the admission guard (checked by the operator).
     pub guard: Option<Guard>,
+    /// Whether the approval floor is on (operator configuration): a new or
+    /// changed IdentityProvider and a GroupMapping granting a platform-wide
+    /// role always wait for a second person, policy or not.
+    pub floor: bool,
+}
+
+impl Inputs {
+    /// What the rule asks of `operation` on `kind`; None when nobody need
+    /// approve. `under_floor` says whether the change is one the floor
+    /// covers (policies add to the floor, they cannot remove it).
+    pub fn coverage(&self, kind: &str, operation: Operation, under_floor: bool) -> Option<Coverage> {
+        let by_policy = self.policy.as_ref().filter(|p| p.covers(kind, operation));
+        let by_floor = self.floor && under_floor && operation != Operation::Delete;
+        match (by_policy, by_floor) {
+            (Some(p), _) => Some(Coverage {
+                ttl_seconds: p.request_ttl_seconds,
+                required_approvals: p.required_approvals,
+            }),
+            (None, true) => Some(Coverage {
+                ttl_seconds: self.policy.as_ref().map_or(FLOOR_REQUEST_TTL_SECONDS, |p| {
+                    p.request_ttl_seconds.min(FLOOR_REQUEST_TTL_SECONDS)
+                }),
+                required_approvals: self.policy.as_ref().map_or(1, |p| p.required_approvals),
+            }),
+            (None, false) => None,
+        }
+    }
+
+    /// Whether the rule may apply to an object at all (so an Approved
+    /// condition it carries stays).
+    pub fn may_apply(&self) -> bool {
+        self.policy.is_some() || self.floor
+    }
+
+    /// The accounts trusted to declare another person as requester.
+    pub fn gitops_accounts(&self) -> BTreeSet<String> {
+        self.policy
+            .as_ref()
+            .map(|p| p.gitops_accounts.clone())
+            .unwrap_or_default()
+    }
 }
 
 /// The result of passing a change through the two-person rule.
@@ -447,6 +587,9 @@ pub struct Change<'a> {
     pub digest: &'a str,
     /// What would be applied.
     pub snapshot: serde_json::Value,
+    /// Whether the approval floor covers this change (a new or changed
+    /// IdentityProvider, a GroupMapping granting a platform-wide role).
+    pub floor: bool,
 }
 
 /// Passes a change through the two-person rule, recording the change request.
@@ -457,11 +600,7 @@ pub async fn gate(
     actor: &Actor,
 ) -> Result<Gate, crate::Error> {
     use countersign_crds::annotations as a;
-    let Some(policy) = inputs
-        .policy
-        .as_ref()
-        .filter(|p| p.covers(change.kind, change.operation))
-    else {
+    let Some(coverage) = inputs.coverage(change.kind, change.operation, change.floor) else {
         return Ok(Gate::NotRequired);
     };
     let get = |k: &str| change.annotations.and_then(|m| m.get(k)).map(String::as_str);
@@ -490,10 +629,20 @@ pub async fn gate(
         }
         other => other,
     };
+    let collected = match &recorded {
+        Some(rec) if coverage.required_approvals > 1 => collected_approvals(pool, rec.id).await?,
+        _ => Vec::new(),
+    };
     let intact = Guard::Intact;
+    let gitops_accounts = inputs.gitops_accounts();
+    let declarer = get(a::DECLARED_BY);
     let decision = decide(&Facts {
         digest: change.digest,
         requester: get(a::REQUESTED_BY),
+        declarer,
+        gitops_accounts: &gitops_accounts,
+        required_approvals: coverage.required_approvals,
+        collected: &collected,
         approval: approval.clone(),
         rejection: pair(a::REJECTED_BY, a::REJECTED_DIGEST),
         rejection_reason: get(a::REJECTED_REASON),
@@ -501,8 +650,12 @@ pub async fn gate(
         guard: inputs.guard.as_ref().unwrap_or(&intact),
         now: Utc::now(),
     });
-    let Some(requester) = get(a::REQUESTED_BY).filter(|r| !r.is_empty()) else {
-        return Ok(Gate::Hold(decision, None));
+    // A change nobody (verifiably) asked for is not recorded as a request.
+    let requester = match (&decision, requester_of(get(a::REQUESTED_BY), declarer)) {
+        (Decision::RequesterUnknown | Decision::RequesterUnverified { .. }, _) | (_, None) => {
+            return Ok(Gate::Hold(decision, None));
+        }
+        (_, Some(requester)) => requester,
     };
     let request = NewRequest {
         kind: change.kind.into(),
@@ -512,13 +665,24 @@ pub async fn gate(
         digest: change.digest.into(),
         snapshot: change.snapshot,
         requester: requester.into(),
-        ttl_seconds: policy.request_ttl_seconds,
-        predating_approval: approval.filter(|m| m.digest == change.digest).map(|m| m.by),
+        declared_by: declarer.map(str::to_string),
+        ttl_seconds: coverage.ttl_seconds,
+        predating_approval: approval
+            .as_ref()
+            .filter(|m| m.digest == change.digest)
+            .map(|m| m.by.clone()),
     };
     let settle_as = match &decision {
         Decision::Approved { approver } => {
+            let mut approvers = collected;
+            if let Some(mark) = &approval
+                && !approvers.iter().any(|a| crate::identity::same_person(a, &mark.by))
+            {
+                approvers.push(mark.by.clone());
+            }
             return Ok(Gate::Approved(ApprovedChange {
                 request,
+                approvers,
                 approver: approver.clone(),
             }));
         }
@@ -533,7 +697,32 @@ pub async fn gate(
         )
     });
     record_decision(pool, &request, recorded.as_ref(), settle_as, actor).await?;
+    // One more of several approvals: kept, so the next person may approve.
+    if let (Decision::PartlyApproved { .. }, Some(rec), Some(mark)) = (&decision, &recorded, &approval)
+        && !collected.iter().any(|a| crate::identity::same_person(a, &mark.by))
+    {
+        collect_approval(pool, rec.id, &mark.by).await?;
+    }
     Ok(Gate::Hold(decision, open_until))
+}
+
+/// The approvals a request has collected so far, oldest first.
+async fn collected_approvals(pool: &sqlx::PgPool, request: Uuid) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT approver FROM change_request_approvals WHERE request_id = $1 ORDER BY approved_at, approver",
+    )
+    .bind(request)
+    .fetch_all(pool)
+    .await
+}
+
+async fn collect_approval(pool: &sqlx::PgPool, request: Uuid, approver: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("INSERT INTO change_request_approvals (request_id, approver) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+        .bind(request)
+        .bind(approver)
+        .execute(pool)
+        .await?;
+    Ok(())
 }
 
 async fn forget_predating_approval(pool: &sqlx::PgPool, id: Uuid) -> Result<(), sqlx::Error> {
@@ -585,13 +774,23 @@ pub async fn carry_out(
         let Some(request) = request else {
             return Err(crate::Error::Raced("the approved change request".into()));
         };
+        for approver in &approved.approvers {
+            sqlx::query(
+                "INSERT INTO change_request_approvals (request_id, approver) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+            )
+            .bind(request)
+            .bind(approver)
+            .execute(&mut **tx)
+            .await?;
+        }
         entry.approver = Some(approved.approver.clone());
         // Added to whatever the write's own entry says, never replacing it.
-        match &mut entry.detail {
-            serde_json::Value::Object(detail) => {
-                detail.insert("change_request".into(), serde_json::json!(request));
-            }
-            other => *other = serde_json::json!({"change_request": request}),
+        if !entry.detail.is_object() {
+            entry.detail = serde_json::json!({});
+        }
+        if let serde_json::Value::Object(detail) = &mut entry.detail {
+            detail.insert("change_request".into(), serde_json::json!(request));
+            detail.insert("approvers".into(), serde_json::json!(approved.approvers));
         }
     }
     Ok(())
@@ -606,6 +805,23 @@ pub fn condition(decision: &Decision, digest: &str) -> crate::conditions::Desire
         Decision::RequesterUnknown => {
             "a policy requires approval but metadata.annotations[countersign.dev/requested-by] is not set".to_string()
         }
+        Decision::RequesterUnverified { requester, declarer } => match declarer {
+            Some(declarer) => format!(
+                "metadata.annotations[countersign.dev/requested-by] names {requester} but {declarer} declared it, \
+                 and only a GitOps account an ApprovalPolicy lists may declare someone else; nothing is recorded \
+                 or applied until the requester is the person who makes the change"
+            ),
+            None => format!(
+                "metadata.annotations[countersign.dev/requested-by] names {requester} but the API server did not \
+                 stamp countersign.dev/declared-by (is the admission policy countersign-stamp-declarer installed?); \
+                 re-apply the change so who declared it is known"
+            ),
+        },
+        Decision::PartlyApproved { approvers, required } => format!(
+            "change {short} has {} of {required} approvals ({}); another person must approve digest {digest}",
+            approvers.len(),
+            approvers.join(", ")
+        ),
         Decision::Awaiting => format!("change {short} awaits a second person's approval (digest {digest})"),
         Decision::StaleApproval { approved } => {
             format!("the approval was for digest {approved}, not the current {digest}; approve the current digest")
@@ -646,6 +862,7 @@ mod tests {
             digest: "D".into(),
             state: state.into(),
             requester: requester.into(),
+            declared_by: Some(requester.into()),
             decided_by: Some("bob".into()),
             note: Some("no".into()),
             expires_at: Utc::now() + Duration::seconds(expires_in),
@@ -867,9 +1084,14 @@ mod tests {
             ),
         ];
         for (name, requester, approval, rejection, recorded, guard, want) in cases {
+            let no_accounts = BTreeSet::new();
             let facts = Facts {
                 digest: "D",
                 requester,
+                declarer: requester,
+                gitops_accounts: &no_accounts,
+                required_approvals: 1,
+                collected: &[],
                 approval,
                 rejection,
                 rejection_reason: None,
@@ -879,6 +1101,155 @@ mod tests {
             };
             assert_eq!(decide(&facts), want, "{name}");
         }
+    }
+
+    fn facts<'a>(
+        requester: Option<&'a str>,
+        declarer: Option<&'a str>,
+        accounts: &'a BTreeSet<String>,
+        approval: Option<Mark>,
+        recorded: Option<&'a Recorded>,
+    ) -> Facts<'a> {
+        Facts {
+            digest: "D",
+            requester,
+            declarer,
+            gitops_accounts: accounts,
+            required_approvals: 1,
+            collected: &[],
+            approval,
+            rejection: None,
+            rejection_reason: None,
+            recorded,
+            guard: &Guard::Intact,
+            now: Utc::now(),
+        }
+    }
+
+    #[test]
+    fn only_a_gitops_account_may_declare_someone_else() {
+        let argo = "system:serviceaccount:argocd:argocd-application-controller";
+        let accounts: BTreeSet<String> = [argo.to_string()].into();
+        let none = BTreeSet::new();
+        let pending = rec("pending", "carol", 3600);
+        let forged = decide(&facts(
+            Some("carol"),
+            Some("mallory"),
+            &accounts,
+            mark("mallory", "D"),
+            Some(&pending),
+        ));
+        assert_eq!(
+            forged,
+            Decision::RequesterUnverified {
+                requester: "carol".into(),
+                declarer: Some("mallory".into())
+            }
+        );
+        let unstamped = decide(&facts(Some("carol"), None, &accounts, None, Some(&pending)));
+        assert!(matches!(
+            unstamped,
+            Decision::RequesterUnverified { declarer: None, .. }
+        ));
+        let by_gitops = decide(&facts(
+            Some("carol"),
+            Some(argo),
+            &accounts,
+            mark("bob", "D"),
+            Some(&pending),
+        ));
+        assert_eq!(by_gitops, Decision::Approved { approver: "bob".into() });
+        let untrusted_account = decide(&facts(
+            Some("carol"),
+            Some(argo),
+            &none,
+            mark("bob", "D"),
+            Some(&pending),
+        ));
+        assert!(matches!(untrusted_account, Decision::RequesterUnverified { .. }));
+        // A person who leaves the requester out is the requester.
+        let alice = rec("pending", "alice", 3600);
+        assert_eq!(requester_of(None, Some("alice")), Some("alice"));
+        assert_eq!(
+            requester_of(Some(" "), Some(argo)),
+            None,
+            "a service account names nobody"
+        );
+        let own = decide(&facts(None, Some("alice"), &none, mark("alice", "D"), Some(&alice)));
+        assert_eq!(
+            own,
+            Decision::SelfApprovalIgnored {
+                approver: "alice".into()
+            }
+        );
+    }
+
+    #[test]
+    fn one_person_under_two_spellings_cannot_approve_their_own_change() {
+        let none = BTreeSet::new();
+        let pending = rec("pending", "carol@example.com", 3600);
+        for spelling in [
+            "Carol@Example.com",
+            "oidc:carol@example.com",
+            "https://idp.example#CAROL@example.com",
+        ] {
+            let decision = decide(&facts(
+                Some("carol@example.com"),
+                Some("carol@example.com"),
+                &none,
+                mark(spelling, "D"),
+                Some(&pending),
+            ));
+            assert_eq!(
+                decision,
+                Decision::SelfApprovalIgnored {
+                    approver: spelling.into()
+                },
+                "{spelling}"
+            );
+        }
+    }
+
+    #[test]
+    fn several_approvals_are_collected_from_distinct_people() {
+        let none = BTreeSet::new();
+        let pending = rec("pending", "carol", 3600);
+        let mut f = facts(Some("carol"), Some("carol"), &none, mark("bob", "D"), Some(&pending));
+        f.required_approvals = 2;
+        assert_eq!(
+            decide(&f),
+            Decision::PartlyApproved {
+                approvers: vec!["bob".into()],
+                required: 2
+            }
+        );
+        let bob = ["bob".to_string()];
+        f.collected = &bob;
+        assert_eq!(
+            decide(&f),
+            Decision::PartlyApproved {
+                approvers: vec!["bob".into()],
+                required: 2
+            },
+            "the same person twice counts once"
+        );
+        f.approval = mark("Bob", "D");
+        assert!(
+            matches!(decide(&f), Decision::PartlyApproved { .. }),
+            "nor under another spelling"
+        );
+        f.approval = mark("dave", "D");
+        assert_eq!(
+            decide(&f),
+            Decision::Approved {
+                approver: "bob, dave".into()
+            }
+        );
+        f.approval = None;
+        assert!(
+            matches!(decide(&f), Decision::PartlyApproved { .. }),
+            "one of two shows as such"
+        );
     }
 
     #[test]
@@ -892,6 +1263,33 @@ mod tests {
         let guard = recheck_after(&Decision::GuardMissing("x".into()), in_an_hour, now);
         assert_eq!(guard, Some(std::time::Duration::from_secs(15)));
         assert_eq!(recheck_after(&Decision::Expired, None, now), None);
+    }
+
+    #[test]
+    fn policies_add_to_the_floor_but_cannot_remove_it() {
+        let spec = |yaml: &str| -> ApprovalPolicySpec { serde_norway::from_str(yaml).expect("spec") };
+        let deletes = spec("rules: [{kinds: [Tenant], operations: [delete]}]\nrequiredApprovals: 2\n");
+        let floor_only = Inputs {
+            floor: true,
+            ..Inputs::default()
+        };
+        let idp = |inputs: &Inputs, op| inputs.coverage("IdentityProvider", op, true);
+        assert!(idp(&floor_only, Operation::Create).is_some());
+        assert!(idp(&floor_only, Operation::Update).is_some());
+        assert!(
+            idp(&floor_only, Operation::Delete).is_none(),
+            "the floor covers what goes live"
+        );
+        assert!(floor_only.coverage("GroupMapping", Operation::Create, false).is_none());
+        let with_policy = Inputs {
+            policy: EffectivePolicy::from_specs([&deletes]),
+            floor: true,
+            ..Inputs::default()
+        };
+        let held = idp(&with_policy, Operation::Create).expect("a policy not naming providers keeps the floor");
+        assert_eq!(held.required_approvals, 2, "and asks as much as the policies do");
+        let off = Inputs::default();
+        assert!(idp(&off, Operation::Create).is_none());
     }
 
     #[test]

@@ -14,6 +14,7 @@ pub mod discovery;
 pub mod error;
 pub mod fronting_link;
 pub mod group_mapping;
+pub mod identity;
 pub mod identity_provider;
 pub mod license_grant;
 pub mod outbound;

@@ -16,8 +16,11 @@ pub struct Attribution {
     pub actor: String,
     /// The key the write's audit entry is chained under.
     pub chain: ChainKey,
-    /// The requested-by annotation, if any.
+    /// Who asked for the change: the requested-by annotation, or else the
+    /// person who declared it (see [`crate::approval::requester_of`]).
     pub requester: Option<String>,
+    /// The account that declared the requester (countersign.dev/declared-by).
+    pub declared_by: Option<String>,
     /// uid of the object.
     pub uid: String,
     /// Namespace of the object ('' for cluster-scoped kinds).
@@ -33,14 +36,16 @@ pub struct Attribution {
 impl Attribution {
     /// The attribution of a write of the object with `meta`.
     pub fn of(meta: &ObjectMeta, actor: &Actor, digest: String, approval: Option<ApprovedChange>) -> Self {
+        let annotation = |key: &str| meta.annotations.as_ref().and_then(|a| a.get(key)).map(String::as_str);
         Self {
             actor: actor.name().to_string(),
             chain: actor.key().clone(),
-            requester: meta
-                .annotations
-                .as_ref()
-                .and_then(|a| a.get(annotations::REQUESTED_BY))
-                .cloned(),
+            requester: crate::approval::requester_of(
+                annotation(annotations::REQUESTED_BY),
+                annotation(annotations::DECLARED_BY),
+            )
+            .map(str::to_string),
+            declared_by: annotation(annotations::DECLARED_BY).map(str::to_string),
             uid: meta.uid.clone().unwrap_or_default(),
             namespace: meta.namespace.clone().unwrap_or_default(),
             name: meta.name.clone().unwrap_or_default(),
@@ -88,6 +93,11 @@ impl Attribution {
         entry.requester = self.requester.clone();
         entry.digest = Some(digest.to_string());
         entry.detail = detail;
+        // Beside the requester: the account that declared them (a GitOps
+        // account declaring a git author, or the person themselves).
+        if let (Some(declared_by), serde_json::Value::Object(detail)) = (&self.declared_by, &mut entry.detail) {
+            detail.insert("declared_by".into(), serde_json::json!(declared_by));
+        }
         crate::approval::carry_out(tx, self.approval.as_ref(), &mut entry).await?;
         crate::audit::append(tx, &self.chain, &entry).await?;
         Ok(())

@@ -177,7 +177,10 @@ pub fn held(
     let approved = approval::condition(decision, digest);
     let needs_change = matches!(
         decision,
-        Decision::Rejected { .. } | Decision::Expired | Decision::RequesterUnknown
+        Decision::Rejected { .. }
+            | Decision::Expired
+            | Decision::RequesterUnknown
+            | Decision::RequesterUnverified { .. }
     );
     let mut conditions = vec![
         approved.clone(),
@@ -289,6 +292,8 @@ pub struct Planned<'a> {
     pub spec: serde_json::Value,
     /// How a held create is kept, e.g. `tenant "acme" is not created`.
     pub not_live: String,
+    /// Whether the approval floor covers this change.
+    pub floor: bool,
 }
 
 /// Passes a planned write through the two-person rule: the same steps for
@@ -302,7 +307,7 @@ pub async fn pass(
     let Some(operation) = planned.operation else {
         return Ok(Passage::Go {
             approved: None,
-            approval_applies: approvals.policy.is_some(),
+            approval_applies: approvals.may_apply(),
         });
     };
     let meta = planned.meta;
@@ -318,6 +323,7 @@ pub async fn pass(
         operation,
         digest: planned.digest,
         snapshot: planned.spec,
+        floor: planned.floor,
     };
     Ok(match approval::gate(pool, approvals, change, actor).await? {
         Gate::NotRequired => Passage::Go {
@@ -395,6 +401,7 @@ pub async fn deletion_gate(
         operation: Operation::Delete,
         digest: &digest,
         snapshot,
+        floor: false,
     };
     Ok(match approval::gate(pool, approvals, change, actor).await? {
         Gate::NotRequired => DeletionGate::Proceed(None),

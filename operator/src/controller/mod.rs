@@ -66,6 +66,12 @@ pub struct RuleConfig {
     /// may map groups to platform-wide roles (PLATFORM_ADMIN,
     /// BILLING_OPERATOR). None: no tenant may.
     pub platform_tenant: Option<String>,
+    /// The approval floor (reference 000: a new IdP federation "must be
+    /// approved by a second PLATFORM_ADMIN before it becomes public"): a new
+    /// or changed IdentityProvider and any GroupMapping granting a
+    /// platform-wide role wait for a second person whatever the
+    /// ApprovalPolicies say. On unless the deployer turns it off.
+    pub approval_floor: bool,
 }
 
 /// What license grants are checked against (DESIGN.md §1, reference 000).
@@ -109,12 +115,13 @@ pub async fn approval_inputs(
     let policies = ctx.policies.state();
     let policy = EffectivePolicy::from_specs(policies.iter().map(|p| &p.spec));
     let approval_present = annotations.is_some_and(|a| a.contains_key(countersign_crds::annotations::APPROVED_BY));
-    let guard = if policy.is_some() && approval_present {
+    let floor = ctx.rule.approval_floor;
+    let guard = if (policy.is_some() || floor) && approval_present {
         Some(crate::guard::check(&ctx.client).await)
     } else {
         None
     };
-    Ok(Inputs { policy, guard })
+    Ok(Inputs { policy, guard, floor })
 }
 
 /// The watch configuration of a controller: every object, or only those

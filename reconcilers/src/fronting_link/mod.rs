@@ -103,7 +103,7 @@ pub async fn reconcile(
         }
         Plan::Noop { row_id } => {
             let live = report::live(&subject(link), row_id.to_string(), &digest);
-            return Ok(report::with_approval(live, None, approvals.policy.is_some(), &digest));
+            return Ok(report::with_approval(live, None, approvals.may_apply(), &digest));
         }
         Plan::Write { row_id, values, cause } => (row_id, values, cause),
     };
@@ -119,6 +119,7 @@ pub async fn reconcile(
         digest: &digest,
         spec: serde_json::to_value(&link.spec)?,
         not_live: format!("{} is not created", subject(link)),
+        floor: false,
     };
     let (approved, approval_applies) = match report::pass(pool, approvals, planned, actor).await? {
         report::Passage::Held(outcome) => return Ok(outcome),

@@ -259,7 +259,7 @@ pub async fn reconcile<C: ProviderChecks>(
         Plan::Noop { row_id } => {
             let mut report: Report = report::live(&subject(&name), row_id.to_string(), &digest).into();
             report.secret_fingerprint = Some(stored_fp);
-            report.outcome = report::with_approval(report.outcome, None, inputs.approvals.policy.is_some(), &digest);
+            report.outcome = report::with_approval(report.outcome, None, inputs.approvals.may_apply(), &digest);
             return Ok(report);
         }
         Plan::Write(w) => *w,
@@ -323,7 +323,7 @@ pub async fn reconcile<C: ProviderChecks>(
         w.cause.intent().operation()
     };
     let mut approved = None;
-    let mut approval_applies = inputs.approvals.policy.is_some();
+    let mut approval_applies = inputs.approvals.may_apply();
     let mut status = ACTIVE;
     let mut hold = None;
     if let Some(operation) = operation {
@@ -335,6 +335,8 @@ pub async fn reconcile<C: ProviderChecks>(
             operation,
             digest: &digest,
             snapshot: serde_json::to_value(&idp.spec)?,
+            // The floor: a new or changed provider always waits.
+            floor: true,
         };
         match approval::gate(pool, inputs.approvals, change, actor).await? {
             Gate::NotRequired => approval_applies = false,
@@ -347,9 +349,14 @@ pub async fn reconcile<C: ProviderChecks>(
                     operation,
                     &format!("{} is stored {PENDING_APPROVAL} and not exposed", subject(&name)),
                 );
-                if operation == Operation::Update || w.cause == plan::Cause::Adopted {
+                let unasked = matches!(
+                    decision,
+                    approval::Decision::RequesterUnknown | approval::Decision::RequesterUnverified { .. }
+                );
+                if operation == Operation::Update || w.cause == plan::Cause::Adopted || unasked {
                     // The approved configuration (or, for a take-over, the
-                    // row as its maker left it) stays live and untouched.
+                    // row as its maker left it) stays live and untouched; a
+                    // change nobody verifiably asked for is not even stored.
                     return Ok(Report {
                         outcome: held,
                         secret_fingerprint: Some(stored_fp),

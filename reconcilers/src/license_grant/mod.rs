@@ -208,7 +208,7 @@ pub async fn reconcile(
         }
         Plan::Noop { row_id, revoked_at } => {
             let status = imported_status(&desired, &observed, row_id, &digest, revoked_at, pool, now).await?;
-            return Ok(report::with_approval(status, None, approvals.policy.is_some(), &digest));
+            return Ok(report::with_approval(status, None, approvals.may_apply(), &digest));
         }
         Plan::Write {
             row_id,
@@ -232,6 +232,7 @@ pub async fn reconcile(
         digest: &digest,
         spec: serde_json::to_value(&lg.spec)?,
         not_live: format!("{} is not imported", subject(lg)),
+        floor: false,
     };
     let (approved, approval_applies) = match report::pass(pool, approvals, planned, actor).await? {
         report::Passage::Held(outcome) => return Ok(outcome),

@@ -59,6 +59,7 @@ pub async fn reconcile(
         digest: &digest,
         spec: serde_json::to_value(&tenant.spec)?,
         not_live: format!("tenant {slug:?} is not created"),
+        floor: false,
     };
     let (approved, approval_applies) = match report::pass(pool, approvals, planned, actor).await? {
         report::Passage::Held(outcome) => return Ok(outcome),

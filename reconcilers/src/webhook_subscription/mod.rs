@@ -306,7 +306,7 @@ pub async fn reconcile(
         Plan::Noop { row_id } => {
             let live = report::live(&subject(ws), row_id.to_string(), &digest);
             let report = Report {
-                outcome: report::with_approval(live, None, inputs.approvals.policy.is_some(), &digest),
+                outcome: report::with_approval(live, None, inputs.approvals.may_apply(), &digest),
                 secret_fingerprint: Some(stored_fp),
                 rotation_token: Some(inputs.rotation_token),
                 verification: None,
@@ -333,7 +333,7 @@ pub async fn reconcile(
     }
     let operation = w.cause.intent().operation();
     let mut approved = None;
-    let mut approval_applies = inputs.approvals.policy.is_some();
+    let mut approval_applies = inputs.approvals.may_apply();
     if let Some(operation) = operation {
         let change = approval::Change {
             kind: KIND,
@@ -343,6 +343,7 @@ pub async fn reconcile(
             operation,
             digest: &digest,
             snapshot: serde_json::to_value(&ws.spec)?,
+            floor: false,
         };
         match approval::gate(pool, inputs.approvals, change, actor).await? {
             Gate::NotRequired => approval_applies = false,
