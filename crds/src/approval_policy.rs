@@ -1,4 +1,4 @@
-//! ApprovalPolicy: which changes need a second person (DESIGN.md §4).
+//! ApprovalPolicy: which changes need a second person.
 
 use crate::status::ResourceStatus;
 use kube::{CustomResource, KubeSchema};
@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
     group = "platform.countersign.dev",
     version = "v1alpha1",
     kind = "ApprovalPolicy",
-    status = "ResourceStatus",
+    status = "ApprovalPolicyStatus",
     shortname = "ap",
     category = "countersign"
 )]
@@ -47,6 +47,27 @@ fn default_ttl() -> i64 {
 
 fn one_approval() -> u32 {
     1
+}
+
+/// What the operator reports about an ApprovalPolicy: the shared conditions
+/// and digests, and the configuration actually in force. A change that
+/// tightens the rule is in force at once; one that loosens it (a rule
+/// removed or narrowed, a GitOps account added, a longer TTL, fewer
+/// approvals, deletion) waits for a second person while the previous
+/// configuration stays in force.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ApprovalPolicyStatus {
+    /// Conditions, observedGeneration and the digests (pendingDigest: the
+    /// loosening awaiting approval).
+    #[serde(flatten)]
+    pub common: ResourceStatus,
+    /// The configuration of this policy the operator enforces now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub in_force: Option<ApprovalPolicySpec>,
+    /// How the declared spec loosens the rule, while that waits for approval.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub loosening: Vec<String>,
 }
 
 /// One set of kinds and operations that need a second person.

@@ -88,7 +88,7 @@ pub mod labels {
 pub fn all_crds() -> Vec<CustomResourceDefinition> {
     vec![
         with_shared_columns(Tenant::crd(), true),
-        with_shared_columns(ApprovalPolicy::crd(), false),
+        with_shared_columns(ApprovalPolicy::crd(), true),
         with_shared_columns(IdentityProvider::crd(), true),
         with_shared_columns(GroupMapping::crd(), true),
         with_shared_columns(WebhookSubscription::crd(), true),

@@ -216,7 +216,7 @@ async fn the_api_server_refuses_every_admission_attack() -> anyhow::Result<()> {
         .await?;
     }
     assert_eq!(common::count(&pool, "tenants").await?, 0);
-    assert_eq!(common::count(&pool, "audit_log").await?, 0);
+    assert_eq!(common::count(&pool, "object_audit").await?, 0);
     let approved: i64 = sqlx::query_scalar("SELECT count(*) FROM change_requests WHERE state = 'approved'")
         .fetch_one(&pool)
         .await?;

@@ -112,7 +112,8 @@ async fn a_gitops_change_goes_live_only_after_a_second_person_approves() -> anyh
     .await?;
     assert_eq!(stack.rows(&name).await?, ["Edited by alice"]);
     let verified = countersign_reconcilers::audit::verify(&stack.pool, common::test_key().audit_chain_key()).await?;
-    assert_eq!((verified.entries, verified.broken), (2, None));
+    assert_eq!(verified.broken, None);
+    assert_eq!(common::count(&stack.pool, "object_audit").await?, 2);
     stack.op.shutdown().await;
     Ok(())
 }
@@ -342,48 +343,6 @@ async fn a_deletion_waits_behind_the_finalizer_until_approved() -> anyhow::Resul
         ]
     );
     assert_eq!(common::metric(&stack.op, "countersign_pending_approvals").await?, 0.0);
-    stack.op.shutdown().await;
-    Ok(())
-}
-
-#[tokio::test]
-async fn a_policy_reports_itself_in_force_and_removing_it_releases_waiting_changes() -> anyhow::Result<()> {
-    let stack = Stack::start().await?;
-    let policies: Api<countersign_crds::ApprovalPolicy> = Api::all(stack.admin.clone());
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    let policy = loop {
-        let p = policies.get("tenants").await?;
-        let ready = common::condition_of(p.status.as_ref(), "Ready").cloned();
-        if ready.as_ref().is_some_and(|c| c.reason == "InForce") {
-            break ready.expect("Ready");
-        }
-        anyhow::ensure!(
-            std::time::Instant::now() < deadline,
-            "the ApprovalPolicy never reported Ready"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    };
-    assert_eq!(policy.status.as_str(), "True");
-    assert!(
-        policy.message.contains("create/update/delete Tenant"),
-        "{}",
-        policy.message
-    );
-
-    let admin: Api<Tenant> = Api::all(stack.admin.clone());
-    let name = unique_name("released");
-    stack.gitops_create(&name, "carol@example.com").await?;
-    stack.awaiting(&name).await?;
-    assert!(stack.rows(&name).await?.is_empty());
-    // With no policy nothing needs approval: the waiting create goes through by itself.
-    policies.delete("tenants", &Default::default()).await?;
-    let live = wait_tenant(&admin, &name, "Ready", |t| has_condition(t, "Ready", "True", "Live")).await?;
-    assert_eq!(stack.rows(&name).await?, ["Declared in git"]);
-    assert!(
-        common::condition_of(live.status.as_ref(), "Approved").is_none(),
-        "no policy, no Approved condition: {:?}",
-        live.status
-    );
     stack.op.shutdown().await;
     Ok(())
 }

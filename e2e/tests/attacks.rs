@@ -12,6 +12,7 @@ use common::approvals::{
 use common::{has_condition, wait_tenant};
 use countersign_crds::Tenant;
 use countersign_e2e::unique_name;
+use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::json;
 use std::time::Duration;
@@ -72,7 +73,7 @@ async fn a_pending_digest_always_belongs_to_the_spec_on_screen() -> anyhow::Resu
     refused_as_predating(&stack, &name, &digest_a, 0).await?;
     assert!(stack.rows(&name).await?.is_empty(), "nothing went live");
     assert_eq!(
-        common::count(&stack.pool, "audit_log").await?,
+        common::count(&stack.pool, "object_audit").await?,
         0,
         "no audit entry for a change that was not made"
     );
@@ -120,7 +121,7 @@ async fn an_approval_is_spent_when_its_change_goes_live() -> anyhow::Result<()> 
     assert_eq!(stack.rows(&name).await?, ["Second"]);
 
     // The committer reverts to the first configuration: a new request.
-    let audit_before = common::count(&stack.pool, "audit_log").await?;
+    let audit_before = common::count(&stack.pool, "object_audit").await?;
     gitops
         .patch(&name, &pp, &Patch::Merge(json!({"spec": {"name": "Declared in git"}})))
         .await?;
@@ -137,7 +138,7 @@ async fn an_approval_is_spent_when_its_change_goes_live() -> anyhow::Result<()> 
         "the approved update stays live"
     );
     assert_eq!(stack.rows(&name).await?, ["Second"]);
-    assert_eq!(common::count(&stack.pool, "audit_log").await?, audit_before);
+    assert_eq!(common::count(&stack.pool, "object_audit").await?, audit_before);
     let states: Vec<String> = stack.requests(&name).await?.into_iter().map(|r| r.0).collect();
     assert_eq!(states, ["approved", "approved", "pending"]);
 
@@ -966,7 +967,7 @@ async fn a_policy_can_require_two_approvers_and_the_declarer_is_recorded() -> an
     .await?;
     assert!(has_condition(&one, "Approved", "False", "AwaitingApproval"));
     assert!(stack.rows(&name).await?.is_empty(), "one person cannot pass it alone");
-    assert_eq!(common::count(&stack.pool, "audit_log").await?, 0);
+    assert_eq!(common::count(&stack.pool, "object_audit").await?, 0);
     // bob approving again (or under another spelling) is still one person.
     stack.approve(&name, "Bob", &digest).await?;
     settle().await;
@@ -993,6 +994,284 @@ async fn a_policy_can_require_two_approvers_and_the_declarer_is_recorded() -> an
         "the account that declared the requester, beside it"
     );
     assert_eq!(approvers, json!(["bob", "dave"]));
+    stack.op.shutdown().await;
+    Ok(())
+}
+
+/// The policy's status, the in-force rows and the audit entries of policies.
+async fn policy(stack: &Stack, name: &str) -> anyhow::Result<countersign_crds::ApprovalPolicy> {
+    let policies: Api<countersign_crds::ApprovalPolicy> = Api::all(stack.admin.clone());
+    Ok(policies.get(name).await?)
+}
+
+async fn wait_policy(
+    stack: &Stack,
+    name: &str,
+    what: &str,
+    pred: impl Fn(&countersign_crds::ApprovalPolicy) -> bool,
+) -> anyhow::Result<countersign_crds::ApprovalPolicy> {
+    let policies: Api<countersign_crds::ApprovalPolicy> = Api::all(stack.admin.clone());
+    common::wait_for(
+        &format!("ApprovalPolicy {name} {what}"),
+        async || Ok(policies.get_opt(name).await?),
+        pred,
+    )
+    .await
+}
+
+async fn in_force_rows(stack: &Stack) -> anyhow::Result<Vec<(String, serde_json::Value)>> {
+    Ok(sqlx::query_as("SELECT name, spec FROM approval_policies ORDER BY name")
+        .fetch_all(&stack.pool)
+        .await?)
+}
+
+async fn policy_audit(stack: &Stack) -> anyhow::Result<Vec<(String, String, Option<String>)>> {
+    Ok(
+        sqlx::query_as("SELECT object_key, action, approver FROM audit_log WHERE kind = 'ApprovalPolicy' ORDER BY seq")
+            .fetch_all(&stack.pool)
+            .await?,
+    )
+}
+
+/// Attack 1: a holder of the editor role (or of the policy role) deleting the
+/// ApprovalPolicy, narrowing its rules, trusting another GitOps account or
+/// lengthening the TTL used to release every held change at once, with no
+/// approver and no audit entry.
+#[tokio::test]
+async fn nobody_switches_the_rule_off_alone() -> anyhow::Result<()> {
+    const POLICY_ADMINS: &str = "platform-policy-admins";
+    let stack = Stack::start().await?;
+    let admin: Api<Tenant> = Api::all(stack.admin.clone());
+    let pp = PatchParams::default();
+    let held = unique_name("held");
+    stack.gitops_create(&held, "carol@example.com").await?;
+    stack.awaiting(&held).await?;
+    let rows_before = in_force_rows(&stack).await?;
+    assert_eq!(rows_before.len(), 1);
+
+    // The editor role (Argo CD, platform teams) cannot touch policies at all.
+    let editor: Api<countersign_crds::ApprovalPolicy> =
+        Api::all(stack.cp.client_as("mallory", &[EDITORS, APPROVERS]).await?);
+    let denied = editor
+        .delete("tenants", &Default::default())
+        .await
+        .expect_err("editors cannot delete policies");
+    assert!(denied.to_string().contains("forbidden"), "{denied}");
+    let denied = editor
+        .patch(
+            "tenants",
+            &pp,
+            &Patch::Merge(json!({"spec": {"requestTtlSeconds": 7776000}})),
+        )
+        .await
+        .expect_err("editors (even approvers) cannot edit policies");
+    assert!(denied.to_string().contains("countersign-policy-admin"), "{denied}");
+
+    // pam edits policies. Narrowing the rules, trusting another account and
+    // lengthening the TTL at once: all of it waits, nothing is released.
+    let pam: Api<countersign_crds::ApprovalPolicy> =
+        Api::all(stack.cp.client_as("pam", &[POLICY_ADMINS, APPROVERS]).await?);
+    pam.patch(
+        "tenants",
+        &pp,
+        &Patch::Merge(json!({"spec": {
+            "rules": [{"kinds": ["Tenant"], "operations": ["update"]}],
+            "gitopsServiceAccounts": [GITOPS, "system:serviceaccount:team:mallory"],
+            "requestTtlSeconds": 7776000}})),
+    )
+    .await?;
+    let loosening = wait_policy(&stack, "tenants", "holding the loosening", |p| {
+        p.status
+            .as_ref()
+            .is_some_and(|s| s.loosening.len() == 4 && s.common.pending_digest.is_some())
+    })
+    .await?;
+    let status = loosening.status.clone().unwrap_or_default();
+    let text = status.loosening.join("\n");
+    for says in [
+        "create Tenant would no longer need a second person",
+        "delete Tenant would no longer need a second person",
+        "system:serviceaccount:team:mallory would be trusted",
+        "requests would stay open 7776000 s",
+    ] {
+        assert!(text.contains(says), "{says} missing from {text}");
+    }
+    let ready = common::condition_of(Some(&status.common), "Ready")
+        .cloned()
+        .expect("Ready");
+    assert!(ready.message.contains("waits for a second person"), "{}", ready.message);
+    assert_eq!(
+        status.in_force.as_ref().map(|s| s.request_ttl_seconds),
+        Some(604800),
+        "the previous configuration stays in force"
+    );
+    assert_eq!(in_force_rows(&stack).await?, rows_before);
+    settle().await;
+    assert!(stack.rows(&held).await?.is_empty(), "the held create is not released");
+    assert!(has_condition(
+        &admin.get(&held).await?,
+        "Approved",
+        "False",
+        "AwaitingApproval"
+    ));
+    // pam cannot approve her own loosening.
+    let digest = status.common.pending_digest.clone().unwrap_or_default();
+    let own = pam
+        .patch("tenants", &pp, &approve_patch("pam", &digest))
+        .await
+        .expect_err("the policy admin cannot approve her own loosening");
+    assert!(own.to_string().contains("you cannot approve a change you"), "{own}");
+    // Undone, the policy is as it was; the request is over.
+    pam.patch(
+        "tenants",
+        &pp,
+        &Patch::Merge(json!({"spec": {
+            "rules": [{"kinds": ["Tenant"], "operations": ["create", "update", "delete"]}],
+            "gitopsServiceAccounts": [GITOPS],
+            "requestTtlSeconds": 604800}})),
+    )
+    .await?;
+    wait_policy(&stack, "tenants", "back as it was", |p| {
+        p.status
+            .as_ref()
+            .is_some_and(|s| s.loosening.is_empty() && s.common.pending_digest.is_none())
+    })
+    .await?;
+
+    // Deleting it: pam's edits made her the requester (a person is stamped),
+    // so she may delete it, and the deletion waits.
+    assert_eq!(
+        policy(&stack, "tenants")
+            .await?
+            .annotations()
+            .get("countersign.dev/requested-by")
+            .map(String::as_str),
+        Some("pam")
+    );
+    pam.delete("tenants", &Default::default()).await?;
+    let deleting = wait_policy(&stack, "tenants", "holding its deletion", |p| {
+        p.status
+            .as_ref()
+            .and_then(|s| s.common.condition("Ready"))
+            .is_some_and(|c| c.reason == "DeletionAwaitingApproval")
+    })
+    .await?;
+    let deletion = deleting
+        .status
+        .and_then(|s| s.common.pending_digest)
+        .unwrap_or_default();
+    assert!(
+        pam.patch("tenants", &pp, &approve_patch("pam", &deletion))
+            .await
+            .is_err()
+    );
+    settle().await;
+    assert_eq!(in_force_rows(&stack).await?, rows_before, "still in force");
+    assert!(stack.rows(&held).await?.is_empty(), "still held");
+
+    // A policy whose finalizer is forced off stays in force, and approvals
+    // are refused until its object is back.
+    pam.create(
+        &Default::default(),
+        &serde_json::from_value(json!({
+            "apiVersion": "platform.countersign.dev/v1alpha1", "kind": "ApprovalPolicy",
+            "metadata": {"name": "extra"},
+            "spec": {"rules": [{"kinds": ["LicenseGrant"], "operations": ["delete"]}]}}))?,
+    )
+    .await?;
+    wait_policy(&stack, "extra", "in force", |p| {
+        p.status.as_ref().is_some_and(|s| s.in_force.is_some())
+    })
+    .await?;
+    pam.patch(
+        "extra",
+        &pp,
+        &Patch::Merge(json!({"metadata": {"annotations": {"countersign.dev/requested-by": "pam"}}})),
+    )
+    .await?;
+    pam.delete("extra", &Default::default()).await?;
+    wait_policy(&stack, "extra", "holding its deletion", |p| {
+        p.metadata.deletion_timestamp.is_some()
+    })
+    .await?;
+    Api::<countersign_crds::ApprovalPolicy>::all(stack.admin.clone())
+        .patch("extra", &pp, &Patch::Merge(json!({"metadata": {"finalizers": null}})))
+        .await?;
+    common::wait_for(
+        "the extra policy object to be gone",
+        async || Ok(Some(json!(policy(&stack, "extra").await.is_err()))),
+        |gone| *gone == json!(true),
+    )
+    .await?;
+    let forced = unique_name("forced");
+    stack.gitops_create(&forced, "carol@example.com").await?;
+    let forced_digest = pending_digest(&stack.awaiting(&forced).await?);
+    stack.approve(&forced, "bob", &forced_digest).await?;
+    let refused = wait_tenant(&admin, &forced, "ApprovalGuardMissing", |t| {
+        has_condition(t, "Approved", "False", "ApprovalGuardMissing")
+    })
+    .await?;
+    let message = common::condition_of(refused.status.as_ref(), "Approved")
+        .map(|c| c.message.clone())
+        .unwrap_or_default();
+    assert!(
+        message.contains("ApprovalPolicy extra is in force but its object is gone"),
+        "{message}"
+    );
+    assert!(stack.rows(&forced).await?.is_empty());
+    assert_eq!(
+        in_force_rows(&stack).await?.len(),
+        2,
+        "the forced-off policy is still enforced"
+    );
+
+    // Re-created, it is enforced as before (nothing changed in force), and
+    // the waiting approval is honoured.
+    pam.create(
+        &Default::default(),
+        &serde_json::from_value(json!({
+            "apiVersion": "platform.countersign.dev/v1alpha1", "kind": "ApprovalPolicy",
+            "metadata": {"name": "extra"},
+            "spec": {"rules": [{"kinds": ["LicenseGrant"], "operations": ["delete"]}]}}))?,
+    )
+    .await?;
+    wait_tenant(&admin, &forced, "approved once the policy is back", |t| {
+        has_condition(t, "Ready", "True", "Live")
+    })
+    .await?;
+
+    // A second person approves the deletion of `tenants`: only now is it
+    // out of force, and only now is the held create released.
+    stack.as_user("bob", &[EDITORS, APPROVERS]).await?;
+    Api::<countersign_crds::ApprovalPolicy>::all(stack.cp.client_as("bob", &[EDITORS, APPROVERS]).await?)
+        .patch("tenants", &pp, &approve_patch("bob", &deletion))
+        .await?;
+    common::wait_for(
+        "the tenants policy to be gone",
+        async || Ok(Some(json!(policy(&stack, "tenants").await.is_err()))),
+        |gone| *gone == json!(true),
+    )
+    .await?;
+    wait_tenant(&admin, &held, "released", |t| has_condition(t, "Ready", "True", "Live")).await?;
+    let rows: Vec<String> = in_force_rows(&stack).await?.into_iter().map(|(n, _)| n).collect();
+    assert_eq!(rows, ["extra"]);
+    let audit = policy_audit(&stack).await?;
+    let actions: Vec<(&str, &str)> = audit.iter().map(|(k, a, _)| (k.as_str(), a.as_str())).collect();
+    for entry in [
+        ("tenants", "tighten"),
+        ("tenants", "request-loosening"),
+        ("tenants", "loosen"),
+        ("extra", "tighten"),
+        ("tenants", "delete"),
+    ] {
+        assert!(actions.contains(&entry), "{entry:?} not in {actions:?}");
+    }
+    assert!(
+        audit
+            .iter()
+            .any(|(k, a, approver)| k == "tenants" && a == "delete" && approver.as_deref() == Some("bob")),
+        "{audit:?}"
+    );
     stack.op.shutdown().await;
     Ok(())
 }

@@ -777,6 +777,7 @@ async fn an_import_under_an_approval_policy_waits_for_a_second_person() -> anyho
     let vendor = Vendor::new(KEY_ID);
     let trusted = licensing(&[&vendor]);
     let op = common::operator_with(&admin, &pool, &run, |o| o.licensing = trusted).await?;
+    common::approvals::approve_policy(&cp, &admin, "licenses").await?;
     let w = World {
         client: admin.clone(),
         pool,

@@ -156,7 +156,9 @@ pub async fn start(client: Client, pool: PgPool, options: RunOptions) -> Result<
     // One counter, watched by every controller: each change is "look at all
     // your objects again", and changes that arrive together coalesce.
     let (policy_tx, policy_rx) = watch::channel(0u64);
+    let policy_tx = Arc::new(policy_tx);
     let policy_watch = tokio::spawn({
+        let policy_tx = policy_tx.clone();
         let stream = reflector(
             policy_writer,
             watcher(Api::<ApprovalPolicy>::all(client.clone()), Default::default()),
@@ -206,6 +208,8 @@ pub async fn start(client: Client, pool: PgPool, options: RunOptions) -> Result<
         resync: options.resync,
         pending: Default::default(),
         policies,
+        in_force: Default::default(),
+        policy_changes: policy_tx,
         secret_key: options.secret_key.clone(),
         outbound: Some(outbound),
         licensing: Arc::new(options.licensing.clone()),
@@ -241,6 +245,23 @@ pub async fn start(client: Client, pool: PgPool, options: RunOptions) -> Result<
                 tracing::error!("the ApprovalPolicy watch stopped before its first list");
                 let _ = stop.send(true);
                 return;
+            }
+            // What is in force lives in the database; until it is read, no
+            // controller may decide anything.
+            loop {
+                match countersign_reconcilers::approval_policy::load(&ctx.pool).await {
+                    Ok(all) => {
+                        ctx.in_force.replace(all);
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot read the ApprovalPolicies in force; retrying");
+                        tokio::select! {
+                            _ = wait_stop() => return,
+                            _ = tokio::time::sleep(std::time::Duration::from_secs(2)) => {}
+                        }
+                    }
+                }
             }
             metrics.leader.set(1);
             tracing::info!("leading: starting controllers");

@@ -48,8 +48,30 @@ impl EffectivePolicy {
 
     /// Whether a second person must approve `operation` on `kind`.
     pub fn covers(&self, kind: &str, operation: Operation) -> bool {
-        self.covered.contains(&(kind.to_string(), op_name(operation)))
+        self.covers_name(kind, op_name(operation))
     }
+
+    /// Like [`Self::covers`], with the operation as the database spells it.
+    pub fn covers_name(&self, kind: &str, operation: &str) -> bool {
+        self.covered.iter().any(|(k, o)| k == kind && *o == operation)
+    }
+
+    /// Every (kind, operation) a second person must approve.
+    pub fn covered(&self) -> impl Iterator<Item = (&str, &'static str)> {
+        self.covered.iter().map(|(k, o)| (k.as_str(), *o))
+    }
+}
+
+/// What, besides the ApprovalPolicies, makes a change need a second person.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Baseline {
+    /// Only the policies decide.
+    PoliciesOnly,
+    /// The approval floor covers it (a new or changed IdentityProvider, a
+    /// GroupMapping granting a platform-wide role) when it is on.
+    Floor,
+    /// Always: a change that loosens the rule itself.
+    Always,
 }
 
 /// How long a request stays open when only the floor covers a change.
@@ -523,11 +545,15 @@ pub struct Inputs {
 
 impl Inputs {
     /// What the rule asks of `operation` on `kind`; None when nobody need
-    /// approve. `under_floor` says whether the change is one the floor
-    /// covers (policies add to the floor, they cannot remove it).
-    pub fn coverage(&self, kind: &str, operation: Operation, under_floor: bool) -> Option<Coverage> {
+    /// approve. `baseline` says what covers the change besides the policies
+    /// (policies add to the floor, they cannot remove it).
+    pub fn coverage(&self, kind: &str, operation: Operation, baseline: Baseline) -> Option<Coverage> {
         let by_policy = self.policy.as_ref().filter(|p| p.covers(kind, operation));
-        let by_floor = self.floor && under_floor && operation != Operation::Delete;
+        let by_floor = match baseline {
+            Baseline::PoliciesOnly => false,
+            Baseline::Floor => self.floor && operation != Operation::Delete,
+            Baseline::Always => true,
+        };
         match (by_policy, by_floor) {
             (Some(p), _) => Some(Coverage {
                 ttl_seconds: p.request_ttl_seconds,
@@ -587,9 +613,8 @@ pub struct Change<'a> {
     pub digest: &'a str,
     /// What would be applied.
     pub snapshot: serde_json::Value,
-    /// Whether the approval floor covers this change (a new or changed
-    /// IdentityProvider, a GroupMapping granting a platform-wide role).
-    pub floor: bool,
+    /// What covers this change besides the policies.
+    pub floor: Baseline,
 }
 
 /// Passes a change through the two-person rule, recording the change request.
@@ -1265,6 +1290,13 @@ mod tests {
         assert_eq!(recheck_after(&Decision::Expired, None, now), None);
     }
 
+    fn off_or(inputs: &Inputs) -> Inputs {
+        Inputs {
+            floor: false,
+            ..inputs.clone()
+        }
+    }
+
     #[test]
     fn policies_add_to_the_floor_but_cannot_remove_it() {
         let spec = |yaml: &str| -> ApprovalPolicySpec { serde_norway::from_str(yaml).expect("spec") };
@@ -1273,14 +1305,23 @@ mod tests {
             floor: true,
             ..Inputs::default()
         };
-        let idp = |inputs: &Inputs, op| inputs.coverage("IdentityProvider", op, true);
+        let idp = |inputs: &Inputs, op| inputs.coverage("IdentityProvider", op, Baseline::Floor);
         assert!(idp(&floor_only, Operation::Create).is_some());
         assert!(idp(&floor_only, Operation::Update).is_some());
         assert!(
             idp(&floor_only, Operation::Delete).is_none(),
             "the floor covers what goes live"
         );
-        assert!(floor_only.coverage("GroupMapping", Operation::Create, false).is_none());
+        assert!(
+            floor_only
+                .coverage("GroupMapping", Operation::Create, Baseline::PoliciesOnly)
+                .is_none()
+        );
+        assert!(
+            off_or(&floor_only)
+                .coverage("ApprovalPolicy", Operation::Delete, Baseline::Always)
+                .is_some()
+        );
         let with_policy = Inputs {
             policy: EffectivePolicy::from_specs([&deletes]),
             floor: true,

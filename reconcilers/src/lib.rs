@@ -6,6 +6,7 @@
 //! API: the operator feeds it objects and writes back what it returns.
 
 pub mod approval;
+pub mod approval_policy;
 pub mod audit;
 pub mod conditions;
 pub mod db;

@@ -323,7 +323,11 @@ pub async fn pass(
         operation,
         digest: planned.digest,
         snapshot: planned.spec,
-        floor: planned.floor,
+        floor: if planned.floor {
+            approval::Baseline::Floor
+        } else {
+            approval::Baseline::PoliciesOnly
+        },
     };
     Ok(match approval::gate(pool, approvals, change, actor).await? {
         Gate::NotRequired => Passage::Go {
@@ -401,7 +405,7 @@ pub async fn deletion_gate(
         operation: Operation::Delete,
         digest: &digest,
         snapshot,
-        floor: false,
+        floor: approval::Baseline::PoliciesOnly,
     };
     Ok(match approval::gate(pool, approvals, change, actor).await? {
         Gate::NotRequired => DeletionGate::Proceed(None),

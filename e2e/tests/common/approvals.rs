@@ -39,6 +39,7 @@ pub async fn install(admin: &Client, with_policy: bool) -> anyhow::Result<()> {
         ),
     )
     .await?;
+    wait_until_admission_applies(admin).await?;
     if with_policy {
         super::apply_yaml(
             admin,
@@ -81,6 +82,9 @@ impl Stack {
         let (_url, pool) = super::database().await?;
         let run = unique_name("approval");
         let op = super::operator_with(&admin, &pool, &run, adjust).await?;
+        // Trusting a GitOps account to declare requesters loosens the rule,
+        // so even the first policy's account waits for a second person.
+        approve_policy(&cp, &admin, "tenants").await?;
         Ok(Self {
             cp,
             admin,
@@ -220,5 +224,74 @@ pub async fn refused_as_stale(
             "no StaleApproval event for {name}"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Waits until the ApprovalPolicy `name` shows a loosening awaiting approval
+/// and has bob (an approver) approve it, then waits until it is in force as
+/// declared.
+pub async fn approve_policy(cp: &ControlPlane, admin: &Client, name: &str) -> anyhow::Result<()> {
+    let policies: Api<countersign_crds::ApprovalPolicy> = Api::all(admin.clone());
+    let pending = super::wait_for(
+        &format!("ApprovalPolicy {name} to show its loosening"),
+        async || Ok(policies.get_opt(name).await?),
+        |p| p.status.as_ref().is_some_and(|s| s.common.pending_digest.is_some()),
+    )
+    .await?;
+    let digest = pending.status.and_then(|s| s.common.pending_digest).unwrap_or_default();
+    let bob: Api<countersign_crds::ApprovalPolicy> = Api::all(cp.client_as("bob", &[EDITORS, APPROVERS]).await?);
+    bob.patch(
+        name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"annotations": {
+            "countersign.dev/approved-by": "bob", "countersign.dev/approved-digest": digest}}})),
+    )
+    .await?;
+    super::wait_for(
+        &format!("ApprovalPolicy {name} in force as declared"),
+        async || Ok(policies.get_opt(name).await?),
+        |p| {
+            p.status
+                .as_ref()
+                .is_some_and(|s| s.common.pending_digest.is_none() && s.in_force.as_ref() == Some(&p.spec))
+        },
+    )
+    .await?;
+    Ok(())
+}
+
+/// Admission policies take effect asynchronously: probes with dry-run
+/// creates until the API server stamps the declarer and refuses an approval
+/// on create, so nothing a test creates afterwards slips past them.
+pub async fn wait_until_admission_applies(admin: &Client) -> anyhow::Result<()> {
+    let api: Api<Tenant> = Api::all(admin.clone());
+    let dry = PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let probe = super::tenant(
+            "admission-probe",
+            "probe",
+            json!({"slug": "admission-probe", "name": "Probe"}),
+        )?;
+        let stamped = api
+            .create(&dry, &probe)
+            .await
+            .is_ok_and(|t| t.annotations().contains_key("countersign.dev/declared-by"));
+        let mut approved = probe.clone();
+        approved
+            .annotations_mut()
+            .insert("countersign.dev/approved-by".into(), "x".into());
+        let refused = api.create(&dry, &approved).await.is_err();
+        if stamped && refused {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "the admission policies never took effect"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }

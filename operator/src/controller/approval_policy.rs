@@ -1,67 +1,79 @@
-//! The ApprovalPolicy controller: reports that a policy is in force, so
-//! `kubectl wait --for=condition=Ready` works for it like for every kind.
+//! The ApprovalPolicy controller: the same shell as every kind, around the
+//! pipeline that decides whether a policy change tightens the rule (in force
+//! at once) or loosens it (held for a second person, the previous
+//! configuration staying in force). Whatever it puts in force is shared with
+//! every other controller through [`super::InForcePolicies`], and each change
+//! makes them look at all their objects again.
 
-use super::{Context, status};
+use super::Context;
+use super::shell::{self, Reconciled};
 use crate::Error;
-use countersign_crds::ConditionStatus;
-use countersign_crds::approval_policy::ApprovalPolicy;
-use countersign_crds::status::{READY, RECONCILING, STALLED};
-use countersign_reconcilers::approval::{kind_name, op_name};
-use countersign_reconcilers::conditions::DesiredCondition;
-use countersign_reconcilers::outcome::{Desired, Outcome};
-use futures::StreamExt;
+use countersign_crds::approval_policy::{ApprovalPolicy, ApprovalPolicyStatus};
+use countersign_reconcilers::Outcome;
+use countersign_reconcilers::approval::{ApprovedChange, Inputs};
+use countersign_reconcilers::approval_policy as pipeline;
+use countersign_reconcilers::report::DeletionGate;
+use kube::ResourceExt;
 use kube::api::Api;
-use kube::runtime::controller::{Action, Controller};
+use kube::runtime::controller::{Config, Controller};
 use kube::runtime::watcher;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Runs the ApprovalPolicy controller until `shutdown` resolves.
+impl Reconciled for ApprovalPolicy {
+    const KIND: &'static str = pipeline::KIND;
+
+    fn api(&self, client: kube::Client) -> Api<Self> {
+        Api::all(client)
+    }
+
+    async fn reconcile(
+        &self,
+        ctx: &Context,
+        approvals: &Inputs,
+        now: &str,
+    ) -> Result<(ApprovalPolicyStatus, Option<Duration>), Error> {
+        let in_force = ctx.in_force.snapshot();
+        let report = pipeline::reconcile(self, &ctx.pool, &ctx.actor, approvals, &in_force).await?;
+        if report.changed {
+            ctx.in_force.set(&self.name_any(), report.in_force.clone());
+            ctx.policies_changed();
+        }
+        let previous = self.status.as_ref();
+        let status = ApprovalPolicyStatus {
+            common: report
+                .outcome
+                .status(previous.map(|p| &p.common), self.metadata.generation, now),
+            in_force: report.in_force,
+            loosening: report.loosening,
+        };
+        Ok((status, report.outcome.requeue_after))
+    }
+
+    async fn deletion_gate(&self, ctx: &Context, approvals: &Inputs) -> Result<DeletionGate, Error> {
+        let in_force = ctx.in_force.snapshot();
+        Ok(pipeline::deletion_gate(self, &ctx.pool, &ctx.actor, approvals, &in_force).await?)
+    }
+
+    async fn cleanup(&self, ctx: &Context, approved: Option<ApprovedChange>) -> Result<Result<(), Outcome>, Error> {
+        pipeline::cleanup(self, &ctx.pool, &ctx.actor, approved).await?;
+        ctx.in_force.set(&self.name_any(), None);
+        ctx.policies_changed();
+        Ok(Ok(()))
+    }
+}
+
+/// Runs the ApprovalPolicy controller until `shutdown` resolves. One policy
+/// at a time: each plan compares against everything in force.
 pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static) {
     let api: Api<ApprovalPolicy> = Api::all(ctx.client.clone());
-    Controller::new(api, watcher::Config::default().any_semantic())
+    let controller = Controller::new(api, watcher::Config::default().any_semantic())
+        .with_config(Config::default().concurrency(1))
         .graceful_shutdown_on(shutdown)
-        .run(reconcile, |_, _, _| Action::requeue(Duration::from_secs(30)), ctx)
-        .for_each(|_| async {})
-        .await;
-}
-
-/// What the policy covers, in words.
-pub fn summary(policy: &ApprovalPolicy) -> String {
-    let rules: Vec<String> = policy
-        .spec
-        .rules
-        .iter()
-        .map(|r| {
-            let kinds: Vec<&str> = r.kinds.iter().map(|k| kind_name(*k)).collect();
-            let ops: Vec<&str> = r.operations.iter().map(|o| op_name(*o)).collect();
-            format!("{} {}", ops.join("/"), kinds.join(", "))
-        })
-        .collect();
-    format!(
-        "a second person must approve: {}; requests stay open {} s; {} GitOps account(s) may declare requesters",
-        rules.join("; "),
-        policy.spec.request_ttl_seconds,
-        policy.spec.gitops_service_accounts.len()
-    )
-}
-
-async fn reconcile(policy: Arc<ApprovalPolicy>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let api: Api<ApprovalPolicy> = Api::all(ctx.client.clone());
-    let outcome = Outcome {
-        conditions: vec![
-            DesiredCondition::new(READY, ConditionStatus::True, "InForce", summary(&policy)),
-            DesiredCondition::new(RECONCILING, ConditionStatus::False, "InForce", ""),
-            DesiredCondition::new(STALLED, ConditionStatus::False, "InForce", ""),
-        ],
-        live: Desired::Unchanged,
-        requeue_after: None,
-        pending_digest: None,
-        drop_conditions: Vec::new(),
-    };
-    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-    let previous = policy.status.as_ref();
-    let new = outcome.status(previous, policy.metadata.generation, &now);
-    status::write(&api, &*policy, previous, &new, &ctx).await?;
-    Ok(Action::await_change())
+        .run(
+            shell::reconcile::<ApprovalPolicy>,
+            shell::error_policy::<ApprovalPolicy>,
+            ctx,
+        );
+    shell::drain(controller).await;
 }

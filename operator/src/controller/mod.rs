@@ -45,8 +45,14 @@ pub struct Context {
     pub resync: std::time::Duration,
     /// Which objects have a change awaiting approval.
     pub pending: PendingApprovals,
-    /// Every ApprovalPolicy, kept current by a watch.
+    /// Every ApprovalPolicy object, kept current by a watch (what is
+    /// declared; what is enforced is [`Context::in_force`]).
     pub policies: kube::runtime::reflector::Store<countersign_crds::ApprovalPolicy>,
+    /// The ApprovalPolicy configurations in force, loaded from the database
+    /// before the controllers start and kept by the ApprovalPolicy controller.
+    pub in_force: InForcePolicies,
+    /// Tells every controller to look at all its objects again.
+    pub policy_changes: Arc<tokio::sync::watch::Sender<u64>>,
     /// The key secrets are sealed under.
     pub secret_key: Arc<countersign_reconcilers::secrets::SecretKey>,
     /// The one client for every outbound call, under the outbound policy.
@@ -72,6 +78,38 @@ pub struct RuleConfig {
     /// platform-wide role wait for a second person whatever the
     /// ApprovalPolicies say. On unless the deployer turns it off.
     pub approval_floor: bool,
+}
+
+impl Context {
+    /// What is in force changed: every held change must be looked at again.
+    pub fn policies_changed(&self) {
+        self.policy_changes.send_modify(|n| *n = n.wrapping_add(1));
+    }
+}
+
+/// The ApprovalPolicy configurations in force, by policy name.
+#[derive(Default)]
+pub struct InForcePolicies(std::sync::RwLock<countersign_reconcilers::approval_policy::InForce>);
+
+impl InForcePolicies {
+    /// A copy of everything in force.
+    pub fn snapshot(&self) -> countersign_reconcilers::approval_policy::InForce {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Replaces everything (at start-up, from the database).
+    pub fn replace(&self, all: countersign_reconcilers::approval_policy::InForce) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = all;
+    }
+
+    /// Sets (or, with None, removes) one policy's configuration in force.
+    pub fn set(&self, name: &str, spec: Option<countersign_crds::ApprovalPolicySpec>) {
+        let mut all = self.0.write().unwrap_or_else(|p| p.into_inner());
+        match spec {
+            Some(spec) => all.insert(name.to_string(), spec),
+            None => all.remove(name),
+        };
+    }
 }
 
 /// What license grants are checked against (DESIGN.md §1, reference 000).
@@ -109,15 +147,30 @@ pub async fn approval_inputs(
     ctx: &Context,
     annotations: Option<&std::collections::BTreeMap<String, String>>,
 ) -> Result<countersign_reconcilers::approval::Inputs, kube::Error> {
-    use countersign_reconcilers::approval::{EffectivePolicy, Inputs};
-    // The controllers start only once this cache holds the first list (see
-    // run::start), so an empty cache really means "no policy".
-    let policies = ctx.policies.state();
-    let policy = EffectivePolicy::from_specs(policies.iter().map(|p| &p.spec));
+    use countersign_reconcilers::approval::{EffectivePolicy, Guard, Inputs};
+    // What is enforced is what is in force (loaded before the controllers
+    // start, see run::start), not what the objects declare: editing or
+    // deleting a policy object alone releases nothing.
+    let in_force = ctx.in_force.snapshot();
+    let policy = EffectivePolicy::from_specs(in_force.values());
     let approval_present = annotations.is_some_and(|a| a.contains_key(countersign_crds::annotations::APPROVED_BY));
     let floor = ctx.rule.approval_floor;
     let guard = if (policy.is_some() || floor) && approval_present {
-        Some(crate::guard::check(&ctx.client).await)
+        let guard = match crate::guard::check(&ctx.client).await {
+            // The requester guard takes the policy objects as parameters: one
+            // in force whose object was removed (its finalizer forced off)
+            // no longer makes the API server check who deletes.
+            Guard::Intact => in_force
+                .keys()
+                .find(|name| ctx.policies.get(&kube::runtime::reflector::ObjectRef::new(name)).is_none())
+                .map_or(Guard::Intact, |name| {
+                    Guard::Broken(format!(
+                        "ApprovalPolicy {name} is in force but its object is gone; re-create it (its deletion was never approved)"
+                    ))
+                }),
+            broken => broken,
+        };
+        Some(guard)
     } else {
         None
     };

@@ -4,6 +4,7 @@
 use super::{Context, FIELD_MANAGER};
 use countersign_crds::ConditionStatus;
 use countersign_crds::ResourceStatus;
+use countersign_crds::approval_policy::ApprovalPolicyStatus;
 use countersign_crds::identity_provider::IdentityProviderStatus;
 use countersign_crds::status::{APPROVED, READY, STALLED, SYNCED};
 use countersign_crds::webhook_subscription::WebhookSubscriptionStatus;
@@ -64,7 +65,7 @@ macro_rules! with_status {
     };
 }
 
-with_status!(countersign_crds::ApprovalPolicy);
+with_status!(countersign_crds::ApprovalPolicy, ApprovalPolicyStatus);
 with_status!(countersign_crds::Tenant);
 with_status!(countersign_crds::GroupMapping);
 with_status!(countersign_crds::FrontingLink);

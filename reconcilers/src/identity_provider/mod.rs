@@ -336,7 +336,7 @@ pub async fn reconcile<C: ProviderChecks>(
             digest: &digest,
             snapshot: serde_json::to_value(&idp.spec)?,
             // The floor: a new or changed provider always waits.
-            floor: true,
+            floor: approval::Baseline::Floor,
         };
         match approval::gate(pool, inputs.approvals, change, actor).await? {
             Gate::NotRequired => approval_applies = false,

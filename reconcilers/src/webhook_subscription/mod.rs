@@ -343,7 +343,7 @@ pub async fn reconcile(
             operation,
             digest: &digest,
             snapshot: serde_json::to_value(&ws.spec)?,
-            floor: false,
+            floor: approval::Baseline::PoliciesOnly,
         };
         match approval::gate(pool, inputs.approvals, change, actor).await? {
             Gate::NotRequired => approval_applies = false,
