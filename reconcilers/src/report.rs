@@ -275,6 +275,20 @@ pub enum Passage {
     },
     /// Do not write; report this.
     Held(Outcome),
+    /// A new object held for approval whose kind keeps it stored but not
+    /// exposed ([`HeldCreate::StoredPending`]): store it so, and report this.
+    HeldStored(Outcome),
+}
+
+/// How a kind keeps a new object while its creation waits for approval: a
+/// property of the kind, so the rule itself is the same for every kind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HeldCreate {
+    /// Nothing is written until it is approved.
+    NotWritten,
+    /// Stored in a pending state the platform does not expose (an
+    /// IdentityProvider's PENDING_APPROVAL row, reference 000).
+    StoredPending,
 }
 
 /// A planned write of one object, as the two-person rule sees it.
@@ -294,10 +308,13 @@ pub struct Planned<'a> {
     pub not_live: String,
     /// Whether the approval floor covers this change.
     pub floor: bool,
+    /// How the kind keeps a held create (a take-over is never stored: the
+    /// row stays as its maker left it).
+    pub held_create: HeldCreate,
 }
 
 /// Passes a planned write through the two-person rule: the same steps for
-/// every kind whose held create is simply not written.
+/// every kind.
 pub async fn pass(
     pool: &sqlx::PgPool,
     approvals: &approval::Inputs,
@@ -338,13 +355,19 @@ pub async fn pass(
             approved: Some(change),
             approval_applies: true,
         },
-        Gate::Hold(decision, open_until) => Passage::Held(held(
-            &decision,
-            open_until,
-            planned.digest,
-            operation,
-            &planned.not_live,
-        )),
+        Gate::Hold(decision, open_until) => {
+            let outcome = held(&decision, open_until, planned.digest, operation, &planned.not_live);
+            // A change nobody verifiably asked for is not even stored.
+            let asked = !matches!(
+                decision,
+                Decision::RequesterUnknown | Decision::RequesterUnverified { .. }
+            );
+            if operation == Operation::Create && planned.held_create == HeldCreate::StoredPending && asked {
+                Passage::HeldStored(outcome)
+            } else {
+                Passage::Held(outcome)
+            }
+        }
     })
 }
 

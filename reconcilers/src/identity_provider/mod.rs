@@ -6,7 +6,7 @@ pub mod plan;
 pub mod resolve;
 pub mod validate;
 
-use crate::approval::{self, ApprovedChange, Gate};
+use crate::approval::{self, ApprovedChange};
 use crate::audit::Actor;
 use crate::outcome::{Desired, Outcome};
 use crate::report::{self, CONFLICT_REQUEUE, cond, refused, stalled};
@@ -317,58 +317,42 @@ pub async fn reconcile<C: ProviderChecks>(
             });
         }
     }
-    let operation = if w.is_create {
-        Some(Operation::Create)
-    } else {
-        w.cause.intent().operation()
+    let planned = report::Planned {
+        kind: KIND,
+        meta: &idp.metadata,
+        operation: if w.is_create {
+            Some(Operation::Create)
+        } else {
+            w.cause.intent().operation()
+        },
+        digest: &digest,
+        spec: serde_json::to_value(&idp.spec)?,
+        not_live: format!("{} is stored {PENDING_APPROVAL} and not exposed", subject(&name)),
+        // The floor: a new or changed provider always waits.
+        floor: true,
+        held_create: if w.cause == plan::Cause::Adopted {
+            report::HeldCreate::NotWritten
+        } else {
+            report::HeldCreate::StoredPending
+        },
     };
-    let mut approved = None;
-    let mut approval_applies = inputs.approvals.may_apply();
-    let mut status = ACTIVE;
-    let mut hold = None;
-    if let Some(operation) = operation {
-        let change = approval::Change {
-            kind: KIND,
-            object_key: object_key(idp),
-            uid: &uid,
-            annotations: idp.metadata.annotations.as_ref(),
-            operation,
-            digest: &digest,
-            snapshot: serde_json::to_value(&idp.spec)?,
-            // The floor: a new or changed provider always waits.
-            floor: approval::Baseline::Floor,
-        };
-        match approval::gate(pool, inputs.approvals, change, actor).await? {
-            Gate::NotRequired => approval_applies = false,
-            Gate::Approved(change) => approved = Some(change),
-            Gate::Hold(decision, open_until) => {
-                let held = report::held(
-                    &decision,
-                    open_until,
-                    &digest,
-                    operation,
-                    &format!("{} is stored {PENDING_APPROVAL} and not exposed", subject(&name)),
-                );
-                let unasked = matches!(
-                    decision,
-                    approval::Decision::RequesterUnknown | approval::Decision::RequesterUnverified { .. }
-                );
-                if operation == Operation::Update || w.cause == plan::Cause::Adopted || unasked {
-                    // The approved configuration (or, for a take-over, the
-                    // row as its maker left it) stays live and untouched; a
-                    // change nobody verifiably asked for is not even stored.
-                    return Ok(Report {
-                        outcome: held,
-                        secret_fingerprint: Some(stored_fp),
-                        discovery: checked.discovery.clone(),
-                        saml_metadata: checked.saml_metadata.clone(),
-                    });
-                }
-                status = PENDING_APPROVAL;
-                hold = Some(held);
-            }
+    let (approved, approval_applies, status, hold) = match report::pass(pool, inputs.approvals, planned, actor).await? {
+        report::Passage::Go {
+            approved,
+            approval_applies,
+        } => (approved, approval_applies, ACTIVE, None),
+        report::Passage::HeldStored(outcome) => (None, true, PENDING_APPROVAL, Some(outcome)),
+        report::Passage::Held(outcome) => {
+            // The approved configuration (or, for a take-over, the row as its
+            // maker left it) stays live and untouched.
+            return Ok(Report {
+                outcome,
+                secret_fingerprint: Some(stored_fp),
+                discovery: checked.discovery.clone(),
+                saml_metadata: checked.saml_metadata.clone(),
+            });
         }
-    }
+    };
     // A pending row already holding exactly this request needs no write.
     let pending_current = status == PENDING_APPROVAL
         && !w.rotate_secret

@@ -233,9 +233,10 @@ pub async fn reconcile(
         spec: serde_json::to_value(&lg.spec)?,
         not_live: format!("{} is not imported", subject(lg)),
         floor: false,
+        held_create: report::HeldCreate::NotWritten,
     };
     let (approved, approval_applies) = match report::pass(pool, approvals, planned, actor).await? {
-        report::Passage::Held(outcome) => return Ok(outcome),
+        report::Passage::Held(outcome) | report::Passage::HeldStored(outcome) => return Ok(outcome),
         report::Passage::Go {
             approved,
             approval_applies,

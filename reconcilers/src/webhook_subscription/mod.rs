@@ -13,7 +13,7 @@ pub mod signing;
 pub mod validate;
 pub mod verify;
 
-use crate::approval::{self, ApprovedChange, Gate};
+use crate::approval::{self, ApprovedChange};
 use crate::audit::Actor;
 use crate::outbound::OutboundClient;
 use crate::outcome::Outcome;
@@ -331,60 +331,54 @@ pub async fn reconcile(
         )
         .into());
     }
-    let operation = w.cause.intent().operation();
-    let mut approved = None;
-    let mut approval_applies = inputs.approvals.may_apply();
-    if let Some(operation) = operation {
-        let change = approval::Change {
-            kind: KIND,
-            object_key: object_key(ws),
-            uid: &uid,
-            annotations: ws.metadata.annotations.as_ref(),
-            operation,
-            digest: &digest,
-            snapshot: serde_json::to_value(&ws.spec)?,
-            floor: approval::Baseline::PoliciesOnly,
-        };
-        match approval::gate(pool, inputs.approvals, change, actor).await? {
-            Gate::NotRequired => approval_applies = false,
-            Gate::Approved(change) => approved = Some(change),
-            Gate::Hold(decision, open_until) => {
-                let not_live = format!("{} is not created", subject(ws));
-                let held = report::held(&decision, open_until, &digest, operation, &not_live);
-                // A changed secret does not wait behind a review of the
-                // subscription: the old one must stop working at once. The
-                // approved configuration is written back unchanged with it.
-                // Only the generated secret rotates alongside a held change:
-                // a spec naming a different Secret is itself what waits.
-                let rides_along =
-                    w.rotate_secret && w.cause == Cause::SpecChanged && ws.spec.signing_secret_ref.is_none();
-                let rotated = match (&observed.ours, rides_along) {
-                    (Some((row, owner)), true) => {
-                        let rotation = Write {
-                            row_id: Some(row.id),
-                            values: Values::of_row(row),
-                            cause: Cause::SecretRotated,
-                            rotate_secret: true,
-                        };
-                        let sealed = seal(key, bytes)?;
-                        let who = attribution(ws, actor, owner.digest.clone(), None);
-                        apply::write(pool, &rotation, Some(&sealed), &who).await?;
-                        Some(sealed.fingerprint)
-                    }
-                    _ => None,
-                };
-                let fingerprint_now = rotated.or(stored_fp);
-                return Ok(Report {
-                    outcome: held,
-                    secret_fingerprint: Some(fingerprint_now.clone()),
-                    // The token is live only once its secret is.
-                    rotation_token: (fingerprint_now.as_deref() == Some(fingerprint.as_str()))
-                        .then_some(inputs.rotation_token),
-                    verification: None,
-                });
-            }
+    let planned = report::Planned {
+        kind: KIND,
+        meta: &ws.metadata,
+        operation: w.cause.intent().operation(),
+        digest: &digest,
+        spec: serde_json::to_value(&ws.spec)?,
+        not_live: format!("{} is not created", subject(ws)),
+        floor: false,
+        held_create: report::HeldCreate::NotWritten,
+    };
+    let (approved, approval_applies) = match report::pass(pool, inputs.approvals, planned, actor).await? {
+        report::Passage::Go {
+            approved,
+            approval_applies,
+        } => (approved, approval_applies),
+        report::Passage::Held(held) | report::Passage::HeldStored(held) => {
+            // A changed secret does not wait behind a review of the
+            // subscription: the old one must stop working at once. The
+            // approved configuration is written back unchanged with it.
+            // Only the generated secret rotates alongside a held change:
+            // a spec naming a different Secret is itself what waits.
+            let rides_along = w.rotate_secret && w.cause == Cause::SpecChanged && ws.spec.signing_secret_ref.is_none();
+            let rotated = match (&observed.ours, rides_along) {
+                (Some((row, owner)), true) => {
+                    let rotation = Write {
+                        row_id: Some(row.id),
+                        values: Values::of_row(row),
+                        cause: Cause::SecretRotated,
+                        rotate_secret: true,
+                    };
+                    let sealed = seal(key, bytes)?;
+                    let who = attribution(ws, actor, owner.digest.clone(), None);
+                    apply::write(pool, &rotation, Some(&sealed), &who).await?;
+                    Some(sealed.fingerprint)
+                }
+                _ => None,
+            };
+            let fingerprint_now = rotated.or(stored_fp);
+            return Ok(Report {
+                outcome: held,
+                secret_fingerprint: Some(fingerprint_now.clone()),
+                // The token is live only once its secret is.
+                rotation_token: (fingerprint_now.as_deref() == Some(fingerprint.as_str()))
+                    .then_some(inputs.rotation_token),
+                verification: None,
+            });
         }
-    }
+    };
     let sealed = if w.rotate_secret { Some(seal(key, bytes)?) } else { None };
     let written_fp = sealed.as_ref().map(|s| s.fingerprint.clone()).or(stored_fp);
     let approver = approved.as_ref().map(|a| a.approver.clone());
