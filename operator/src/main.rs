@@ -112,6 +112,12 @@ enum DatabaseCommand {
         /// cannot remove it). `--approval-floor=false` turns it off.
         #[arg(long, env = "COUNTERSIGN_APPROVAL_FLOOR", default_value_t = true, action = clap::ArgAction::Set)]
         approval_floor: bool,
+        /// A username prefix the API server adds to people's names (its
+        /// `--oidc-username-prefix`), dropped before the operator compares
+        /// requester, declarer and approvers; repeat or comma-separate.
+        /// Prefixes ending in `:` or `#` are dropped anyway.
+        #[arg(long, env = "COUNTERSIGN_USERNAME_PREFIXES", value_delimiter = ',')]
+        username_prefix: Vec<String>,
         /// The ConfigMap (namespace/name, in the operator's namespace) where
         /// the audit chain's head is anchored, so `verify-audit` can tell a
         /// truncated log. Without it a deleted tail goes unnoticed.
@@ -287,6 +293,7 @@ async fn with_database(database_url: Option<String>, command: DatabaseCommand) -
             license_operator,
             platform_tenant,
             approval_floor,
+            username_prefix,
             audit_anchor,
             audit_anchor_seconds,
         } => {
@@ -363,6 +370,7 @@ async fn with_database(database_url: Option<String>, command: DatabaseCommand) -
                     rule: countersign_operator::controller::RuleConfig {
                         platform_tenant,
                         approval_floor,
+                        username_prefixes: username_prefix,
                     },
                     audit_anchor,
                 },

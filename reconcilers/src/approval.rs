@@ -173,6 +173,8 @@ pub struct Facts<'a> {
     pub required_approvals: u32,
     /// The approvals this request has collected so far.
     pub collected: &'a [String],
+    /// The deployer's username prefixes, dropped before people are compared.
+    pub username_prefixes: &'a [String],
     /// The approved-by / approved-digest annotations.
     pub approval: Option<Mark>,
     /// The rejected-by / rejected-digest annotations.
@@ -273,7 +275,7 @@ pub fn requester_of<'a>(requested_by: Option<&'a str>, declarer: Option<&'a str>
 /// [`Recorded::decides`]); None when the digest is seen for the first time.
 /// People are compared in their normal form ([`crate::identity`]).
 pub fn decide(facts: &Facts<'_>) -> Decision {
-    use crate::identity::same_person;
+    let same_person = |a: &str, b: &str| crate::identity::same_person_with(a, b, facts.username_prefixes);
     let Some(requester) = requester_of(facts.requester, facts.declarer) else {
         return Decision::RequesterUnknown;
     };
@@ -537,6 +539,9 @@ pub struct Inputs {
     pub policy: Option<EffectivePolicy>,
     /// The state of the admission guard (checked by the operator).
     pub guard: Option<Guard>,
+    /// The deployer's username prefixes (operator configuration), dropped
+    /// before people are compared.
+    pub username_prefixes: Vec<String>,
     /// Whether the approval floor is on (operator configuration): a new or
     /// changed IdentityProvider and a GroupMapping granting a platform-wide
     /// role always wait for a second person, policy or not.
@@ -668,6 +673,7 @@ pub async fn gate(
         gitops_accounts: &gitops_accounts,
         required_approvals: coverage.required_approvals,
         collected: &collected,
+        username_prefixes: &inputs.username_prefixes,
         approval: approval.clone(),
         rejection: pair(a::REJECTED_BY, a::REJECTED_DIGEST),
         rejection_reason: get(a::REJECTED_REASON),
@@ -701,7 +707,9 @@ pub async fn gate(
         Decision::Approved { approver } => {
             let mut approvers = collected;
             if let Some(mark) = &approval
-                && !approvers.iter().any(|a| crate::identity::same_person(a, &mark.by))
+                && !approvers
+                    .iter()
+                    .any(|a| crate::identity::same_person_with(a, &mark.by, &inputs.username_prefixes))
             {
                 approvers.push(mark.by.clone());
             }
@@ -724,7 +732,9 @@ pub async fn gate(
     record_decision(pool, &request, recorded.as_ref(), settle_as, actor).await?;
     // One more of several approvals: kept, so the next person may approve.
     if let (Decision::PartlyApproved { .. }, Some(rec), Some(mark)) = (&decision, &recorded, &approval)
-        && !collected.iter().any(|a| crate::identity::same_person(a, &mark.by))
+        && !collected
+            .iter()
+            .any(|a| crate::identity::same_person_with(a, &mark.by, &inputs.username_prefixes))
     {
         collect_approval(pool, rec.id, &mark.by).await?;
     }
@@ -1117,6 +1127,7 @@ mod tests {
                 gitops_accounts: &no_accounts,
                 required_approvals: 1,
                 collected: &[],
+                username_prefixes: &[],
                 approval,
                 rejection,
                 rejection_reason: None,
@@ -1142,6 +1153,7 @@ mod tests {
             gitops_accounts: accounts,
             required_approvals: 1,
             collected: &[],
+            username_prefixes: &[],
             approval,
             rejection: None,
             rejection_reason: None,
@@ -1233,6 +1245,31 @@ mod tests {
                 "{spelling}"
             );
         }
+    }
+
+    #[test]
+    fn the_deployers_username_prefixes_are_dropped_before_comparing() {
+        let none = BTreeSet::new();
+        let pending = rec("pending", "carol@example.com", 3600);
+        let prefixes = ["corp-".to_string()];
+        let mut f = facts(
+            Some("carol@example.com"),
+            Some("carol@example.com"),
+            &none,
+            mark("corp-carol@example.com", "D"),
+            Some(&pending),
+        );
+        assert!(
+            matches!(decide(&f), Decision::Approved { .. }),
+            "unknown prefix: another name"
+        );
+        f.username_prefixes = &prefixes;
+        assert_eq!(
+            decide(&f),
+            Decision::SelfApprovalIgnored {
+                approver: "corp-carol@example.com".into()
+            }
+        );
     }
 
     #[test]

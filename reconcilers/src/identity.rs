@@ -27,6 +27,27 @@ pub fn same_person(a: &str, b: &str) -> bool {
     normalise(a) == normalise(b)
 }
 
+/// The normal form with the deployer's own username prefixes (the API
+/// server's `--oidc-username-prefix` and the like, when they end in neither
+/// `:` nor `#`) dropped first, longest first. Only the operator knows them:
+/// the admission policies and the database use [`normalise`] alone, which
+/// the operator's check therefore only ever makes stricter.
+pub fn normalise_with(name: &str, prefixes: &[String]) -> String {
+    let trimmed = name.trim();
+    let mut sorted: Vec<&String> = prefixes.iter().filter(|p| !p.is_empty()).collect();
+    sorted.sort_by_key(|p| std::cmp::Reverse(p.len()));
+    let unprefixed = sorted
+        .iter()
+        .find_map(|p| trimmed.strip_prefix(p.as_str()))
+        .unwrap_or(trimmed);
+    normalise(unprefixed)
+}
+
+/// [`same_person`] with the deployer's username prefixes.
+pub fn same_person_with(a: &str, b: &str, prefixes: &[String]) -> bool {
+    normalise_with(a, prefixes) == normalise_with(b, prefixes) || same_person(a, b)
+}
+
 /// Whether a username is a Kubernetes system identity (a service account, a
 /// node, the API server itself) rather than a person.
 pub fn is_system(name: &str) -> bool {
@@ -51,6 +72,26 @@ mod tests {
         }
         assert!(!same_person("carol@example.com", "carl@example.com"));
         assert!(!same_person("bob", "carol"));
+    }
+
+    #[test]
+    fn the_deployers_own_prefixes_are_dropped_too() {
+        let prefixes = vec!["corp-".to_string(), "corp-sso-".to_string()];
+        assert!(same_person_with(
+            "corp-carol@example.com",
+            "carol@example.com",
+            &prefixes
+        ));
+        assert!(same_person_with(
+            "corp-sso-Carol@Example.com",
+            "carol@example.com",
+            &prefixes
+        ));
+        assert!(
+            !same_person("corp-carol@example.com", "carol@example.com"),
+            "unknown without the option"
+        );
+        assert!(!same_person_with("corp-carol", "dave", &prefixes));
     }
 
     #[test]

@@ -78,6 +78,10 @@ pub struct RuleConfig {
     /// platform-wide role wait for a second person whatever the
     /// ApprovalPolicies say. On unless the deployer turns it off.
     pub approval_floor: bool,
+    /// Username prefixes the API server adds (e.g. its
+    /// `--oidc-username-prefix`), dropped before the operator compares people,
+    /// on top of the fixed normalisation every part of the rule applies.
+    pub username_prefixes: Vec<String>,
 }
 
 impl Context {
@@ -174,7 +178,12 @@ pub async fn approval_inputs(
     } else {
         None
     };
-    Ok(Inputs { policy, guard, floor })
+    Ok(Inputs {
+        policy,
+        guard,
+        floor,
+        username_prefixes: ctx.rule.username_prefixes.clone(),
+    })
 }
 
 /// The watch configuration of a controller: every object, or only those
