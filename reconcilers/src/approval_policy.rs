@@ -141,6 +141,33 @@ pub fn deletion_loosens(in_force: &InForce, name: &str) -> Vec<String> {
     loosenings(before.as_ref(), after.as_ref())
 }
 
+/// What the gates enforce right now: for every policy, the tightest of its
+/// configuration in force and its declared spec ([`tightest`]). A policy
+/// declared but not yet processed is thus enforced at once (less any GitOps
+/// account nobody trusted yet), a declared loosening never is, and a policy in
+/// force whose object is gone still is.
+pub fn enforced(in_force: &InForce, declared: &InForce) -> Vec<ApprovalPolicySpec> {
+    let names: BTreeSet<&String> = in_force.keys().chain(declared.keys()).collect();
+    names
+        .into_iter()
+        .map(|name| match (in_force.get(name), declared.get(name)) {
+            (current, Some(declared)) => tightest(current, declared),
+            (Some(current), None) => current.clone(),
+            (None, None) => unreachable_spec(),
+        })
+        .collect()
+}
+
+/// Never reached: every name comes from one of the two maps.
+fn unreachable_spec() -> ApprovalPolicySpec {
+    ApprovalPolicySpec {
+        rules: Vec::new(),
+        request_ttl_seconds: approval::FLOOR_REQUEST_TTL_SECONDS,
+        gitops_service_accounts: Vec::new(),
+        required_approvals: 1,
+    }
+}
+
 /// Every configuration in force, from the database.
 pub async fn load(pool: &PgPool) -> Result<InForce, crate::Error> {
     let rows: Vec<(String, serde_json::Value)> = sqlx::query_as("SELECT name, spec FROM approval_policies")
@@ -515,6 +542,32 @@ mod tests {
         assert_eq!(interim.request_ttl_seconds, 600, "the shorter TTL is in force at once");
         assert!(interim.gitops_service_accounts.is_empty(), "only accounts both trust");
         assert_eq!(loosening.len(), 1, "{loosening:?}");
+    }
+
+    #[test]
+    fn what_is_enforced_is_never_looser_than_what_is_in_force_or_declared() {
+        let looser = ApprovalPolicySpec {
+            rules: spec("rules: [{kinds: [Tenant], operations: [update]}]").rules,
+            request_ttl_seconds: 7200,
+            gitops_service_accounts: vec![ARGO.into(), "system:serviceaccount:team:mallory".into()],
+            required_approvals: 1,
+        };
+        let enforced_now = enforced(&in_force(&[("p", base())]), &in_force(&[("p", looser)]));
+        let rule = EffectivePolicy::from_specs(&enforced_now).expect("a policy");
+        assert!(
+            rule.covers("Tenant", Operation::Delete),
+            "a declared narrowing is not enforced"
+        );
+        assert_eq!(rule.request_ttl_seconds, 3600);
+        assert_eq!(rule.gitops_accounts, [ARGO.to_string()].into());
+        // Declared and not yet processed: enforced at once, without its accounts.
+        let fresh = enforced(&InForce::new(), &in_force(&[("p", base())]));
+        let rule = EffectivePolicy::from_specs(&fresh).expect("a policy");
+        assert!(rule.covers("Tenant", Operation::Create));
+        assert!(rule.gitops_accounts.is_empty());
+        // In force, object gone: still enforced.
+        let gone = enforced(&in_force(&[("p", base())]), &InForce::new());
+        assert_eq!(gone, [base()]);
     }
 
     #[test]

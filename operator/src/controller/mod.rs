@@ -153,10 +153,19 @@ pub async fn approval_inputs(
 ) -> Result<countersign_reconcilers::approval::Inputs, kube::Error> {
     use countersign_reconcilers::approval::{EffectivePolicy, Guard, Inputs};
     // What is enforced is what is in force (loaded before the controllers
-    // start, see run::start), not what the objects declare: editing or
-    // deleting a policy object alone releases nothing.
+    // start, see run::start), tightened by whatever the objects declare and
+    // the ApprovalPolicy controller has not processed yet: editing or
+    // deleting a policy object alone releases nothing, and a new policy holds
+    // from the moment it is seen.
     let in_force = ctx.in_force.snapshot();
-    let policy = EffectivePolicy::from_specs(in_force.values());
+    let declared: countersign_reconcilers::approval_policy::InForce = ctx
+        .policies
+        .state()
+        .iter()
+        .filter_map(|p| Some((p.metadata.name.clone()?, p.spec.clone())))
+        .collect();
+    let enforced = countersign_reconcilers::approval_policy::enforced(&in_force, &declared);
+    let policy = EffectivePolicy::from_specs(&enforced);
     let approval_present = annotations.is_some_and(|a| a.contains_key(countersign_crds::annotations::APPROVED_BY));
     let floor = ctx.rule.approval_floor;
     let guard = if (policy.is_some() || floor) && approval_present {
