@@ -36,7 +36,7 @@ pub const GROUP: &str = "platform.countersign.dev";
 pub const VERSION: &str = "v1alpha1";
 
 /// The admission policies and RBAC that make the API server enforce the
-/// two-person rule (DESIGN.md §4.3), as shipped.
+/// two-person rule (ADR 0004), as shipped.
 pub mod admission {
     /// ValidatingAdmissionPolicy + binding (the guard) and the
     /// MutatingAdmissionPolicy + binding that stamps the requester.
@@ -45,7 +45,7 @@ pub mod admission {
     pub const RBAC_YAML: &str = include_str!("../rbac/approver.yaml");
 }
 
-/// Annotation keys of the two-person protocol and ownership (DESIGN.md §3, §4).
+/// Annotation keys of the two-person protocol and ownership (ADRs 0002 and 0004).
 pub mod annotations {
     /// Who asked for the change: the git author or the kubectl user.
     pub const REQUESTED_BY: &str = "countersign.dev/requested-by";
@@ -97,7 +97,7 @@ pub fn all_crds() -> Vec<CustomResourceDefinition> {
     ]
 }
 
-/// Appends the columns every kind shows (DESIGN.md §1): Ready and its reason,
+/// Appends the columns every kind shows: Ready and its reason,
 /// the approval verdict where an ApprovalPolicy can apply, Age, and the Ready
 /// message at `-o wide`.
 fn with_shared_columns(mut crd: CustomResourceDefinition, approval: bool) -> CustomResourceDefinition {

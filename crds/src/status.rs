@@ -1,4 +1,4 @@
-//! The status shape every kind shares (DESIGN.md §2): kstatus-compatible
+//! The status shape every kind shares: kstatus-compatible
 //! conditions plus what an approver and an operator need to see.
 
 use kube::KubeSchema;

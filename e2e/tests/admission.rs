@@ -1,5 +1,5 @@
 //! The API server enforces the two-person rule's admission half
-//! (DESIGN.md §4.3): each attack is made as a distinct user through
+//! (ADR 0004): each attack is made as a distinct user through
 //! impersonation and must be denied with a message saying why.
 
 mod common;

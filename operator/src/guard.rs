@@ -1,5 +1,5 @@
 //! Checks that the admission guard of the two-person rule is installed as
-//! shipped (DESIGN.md §4.4): the operator trusts only what the API server
+//! shipped (ADR 0004): the operator trusts only what the API server
 //! enforced, so an approval is honoured only while this holds.
 
 use countersign_reconcilers::approval::Guard;

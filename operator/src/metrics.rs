@@ -1,4 +1,4 @@
-//! Prometheus metrics (DESIGN.md §5): reconciles, errors by reason, durations.
+//! Prometheus metrics: reconciles, errors by reason, durations.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;

@@ -1,4 +1,4 @@
-//! The two-person rule (DESIGN.md §4), one implementation for every kind:
+//! The two-person rule (ADR 0004), one implementation for every kind:
 //! the pure decision on a change, and the change-request records.
 
 use crate::audit::Actor;

@@ -1,4 +1,4 @@
-//! Pure condition bookkeeping (DESIGN.md §2): lastTransitionTime moves only
+//! Pure condition bookkeeping (Kubernetes API conventions, kstatus): lastTransitionTime moves only
 //! when a status flips, conditions keep a stable order, and a status that
 //! would differ only in timestamps is recognised as unchanged.
 

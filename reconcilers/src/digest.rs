@@ -1,4 +1,4 @@
-//! The change digest of DESIGN.md §4.2: SHA-256 over the object's uid, the
+//! The change digest (ADR 0004): SHA-256 over the object's uid, the
 //! `requested-by` value and the canonical JSON of the spec.
 
 use ring::digest::{SHA256, digest};

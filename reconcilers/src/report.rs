@@ -1,5 +1,5 @@
 //! The outcomes every kind's pipeline reports, built the same way so a
-//! condition means the same thing on every kind (DESIGN.md §2). `subject`
+//! condition means the same thing on every kind. `subject`
 //! is how a message names the object, e.g. `tenant "acme"`.
 
 use crate::approval::{self, ApprovedChange, Decision, Gate};

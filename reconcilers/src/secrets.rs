@@ -1,4 +1,4 @@
-//! Secret material at rest (DESIGN.md §3): sealed with AES-256-GCM under the
+//! Secret material at rest (ADR 0005): sealed with AES-256-GCM under the
 //! key the operator is given, referenced by an opaque row id, and described
 //! to people only by a keyed fingerprint.
 //!

@@ -116,7 +116,7 @@ impl InForcePolicies {
     }
 }
 
-/// What license grants are checked against (DESIGN.md §1, reference 000).
+/// What license grants are checked against (reference 000, ADR 0007).
 #[derive(Clone, Debug, Default)]
 pub struct Licensing {
     /// Trusted Ed25519 public keys (32 raw bytes each) by key ID.
