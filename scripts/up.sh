@@ -46,10 +46,10 @@ export PATH="$bin_dir:$target/debug:$PATH"
 echo "==> migrating the API database"
 countersign migrate
 echo "==> installing the CRDs"
-kubectl apply --server-side -f crds/yaml/ >/dev/null
+kubectl apply --server-side -f charts/countersign/files/crds/ >/dev/null
 kubectl wait --for=condition=Established crd --all --timeout=60s >/dev/null
 echo "==> installing the approval admission policies and RBAC roles"
-kubectl apply --server-side -f crds/admission/ -f crds/rbac/ -f examples/70-approvers.yaml >/dev/null
+kubectl apply --server-side -f charts/countersign/files/admission/ -f charts/countersign/files/rbac/ -f examples/70-approvers.yaml >/dev/null
 echo "==> creating the operator's encryption key Secret"
 kubectl create namespace countersign-system >/dev/null
 kubectl -n countersign-system create secret generic countersign-encryption-key \

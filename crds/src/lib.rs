@@ -1,5 +1,6 @@
 //! Countersign's custom resources: the Rust types are the single source of
-//! truth, and `crdgen` writes the CRD YAML under `crds/yaml/` from them.
+//! truth, and `crdgen` writes the CRD YAML the Helm chart and the kustomize base install
+//! (`charts/countersign/files/crds/`) from them.
 
 // kube's `printcolumn(...)` repeats `type_ = ...` once per column, which this
 // lint mistakes for a duplicated attribute.
@@ -40,9 +41,9 @@ pub const VERSION: &str = "v1alpha1";
 pub mod admission {
     /// ValidatingAdmissionPolicy + binding (the guard) and the
     /// MutatingAdmissionPolicy + binding that stamps the requester.
-    pub const APPROVAL_GUARD_YAML: &str = include_str!("../admission/approval-guard.yaml");
+    pub const APPROVAL_GUARD_YAML: &str = include_str!("../../charts/countersign/files/admission/approval-guard.yaml");
     /// ClusterRoles: `countersign-approver` (verb `approve`) and `countersign-editor`.
-    pub const RBAC_YAML: &str = include_str!("../rbac/approver.yaml");
+    pub const RBAC_YAML: &str = include_str!("../../charts/countersign/files/rbac/roles.yaml");
 }
 
 /// Annotation keys of the two-person protocol and ownership (ADRs 0002 and 0004).
@@ -86,15 +87,44 @@ pub mod labels {
 /// Every CRD in install order (the kinds others reference come first), each
 /// with the shared printer columns after its own.
 pub fn all_crds() -> Vec<CustomResourceDefinition> {
-    vec![
-        with_shared_columns(Tenant::crd(), true),
-        with_shared_columns(ApprovalPolicy::crd(), true),
-        with_shared_columns(IdentityProvider::crd(), true),
-        with_shared_columns(GroupMapping::crd(), true),
-        with_shared_columns(WebhookSubscription::crd(), true),
-        with_shared_columns(FrontingLink::crd(), true),
-        with_shared_columns(LicenseGrant::crd(), true),
+    [
+        Tenant::crd(),
+        ApprovalPolicy::crd(),
+        IdentityProvider::crd(),
+        GroupMapping::crd(),
+        WebhookSubscription::crd(),
+        FrontingLink::crd(),
+        LicenseGrant::crd(),
     ]
+    .into_iter()
+    .map(|crd| with_unobserved_status(with_shared_columns(crd, true)))
+    .collect()
+}
+
+/// The `status.observedGeneration` the API server shows until the operator
+/// first writes a status: no real generation (they start at 1) matches it,
+/// so kstatus (Flux, `kubectl wait`-style tools) reads a fresh object as
+/// InProgress and the Argo CD health check as Progressing, without the
+/// operator spending an API write per object on saying so.
+pub const UNOBSERVED_GENERATION: i64 = -1;
+
+/// Gives every version's `status` a structural default of
+/// `{observedGeneration: UNOBSERVED_GENERATION}`, applied by the API server
+/// whenever it reads an object that has no status yet.
+fn with_unobserved_status(mut crd: CustomResourceDefinition) -> CustomResourceDefinition {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::JSON;
+    for version in &mut crd.spec.versions {
+        let status = version
+            .schema
+            .as_mut()
+            .and_then(|s| s.open_api_v3_schema.as_mut())
+            .and_then(|s| s.properties.as_mut())
+            .and_then(|p| p.get_mut("status"));
+        if let Some(status) = status {
+            status.default = Some(JSON(serde_json::json!({ "observedGeneration": UNOBSERVED_GENERATION })));
+        }
+    }
+    crd
 }
 
 /// Appends the columns every kind shows: Ready and its reason,

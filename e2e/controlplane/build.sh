@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds the pinned kube-apiserver, kubectl and etcd from their Go modules into the
+# Builds the pinned kube-apiserver, kubectl, etcd and helm from their Go modules into the
 # cache (default ~/.cache/countersign, override with COUNTERSIGN_CACHE), and
 # reuses binaries already built for the same pinned versions.
 # Prints the directory holding the binaries on its last line.
@@ -41,5 +41,21 @@ build_kube() {
 }
 build_kube kube-apiserver
 build_kube kubectl
+
+# Builds a tool from one of the Go modules beside this script, into a folder
+# named after the hash of that module's go.mod and sources, so a change to
+# the pin (or to our own Go code) rebuilds it and nothing else does.
+build_tool() {
+  local name=$1 dir=$2 pkg=$3 sum out
+  sum=$(cd "$here/$dir" && cat go.mod go.sum $(ls ./*.go 2>/dev/null) | sha256sum | cut -c1-16)
+  out="$cache/bin/$dir-$sum"
+  mkdir -p "$out"
+  if [ ! -x "$out/$name" ]; then
+    echo "building $name from e2e/controlplane/$dir (first run only)" >&2
+    (cd "$here/$dir" && go build -trimpath -ldflags "-s -w" -o "$out/$name.tmp" "$pkg" && mv "$out/$name.tmp" "$out/$name")
+  fi
+  ln -sf "$out/$name" "$bin/$name"
+}
+build_tool helm helm helm.sh/helm/v3/cmd/helm
 
 echo "$bin"

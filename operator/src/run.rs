@@ -111,7 +111,7 @@ pub async fn check_crds(client: &Client) -> Result<(), Error> {
             .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Established" && c.status == "True"));
         if !established {
             return Err(Error::Startup(format!(
-                "CRD {name} is not installed or not established; apply crds/yaml/ first"
+                "CRD {name} is not installed or not established; install the chart (or kubectl apply -k kustomize/base) first"
             )));
         }
     }

@@ -1,4 +1,4 @@
-//! Writes every CRD as YAML into the given directory (default `crds/yaml`),
+//! Writes every CRD as YAML into the given directory (default `charts/countersign/files/crds`),
 //! or with `--check` fails when the committed files differ from the types.
 
 use std::path::PathBuf;
@@ -8,7 +8,7 @@ fn main() -> ExitCode {
     let mut args: Vec<String> = std::env::args().skip(1).collect();
     let check = args.iter().any(|a| a == "--check");
     args.retain(|a| a != "--check");
-    let dir = PathBuf::from(args.pop().unwrap_or_else(|| "crds/yaml".into()));
+    let dir = PathBuf::from(args.pop().unwrap_or_else(|| "charts/countersign/files/crds".into()));
     let mut stale = Vec::new();
     for crd in countersign_crds::all_crds() {
         let name = crd.metadata.name.clone().unwrap_or_default();
