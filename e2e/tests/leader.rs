@@ -80,3 +80,50 @@ async fn only_the_leader_reconciles_and_a_standby_takes_over() -> anyhow::Result
     second.shutdown().await;
     Ok(())
 }
+
+/// A leader whose lease is taken from it (here: another holder written over
+/// it, as happens after a network partition outlasts the lease) does not stay
+/// up idle: `serve_until`, which `countersign run` returns from, fails, so the
+/// process exits non-zero and Kubernetes restarts it into a fresh campaign.
+#[tokio::test]
+async fn a_leader_that_loses_its_lease_exits() -> anyhow::Result<()> {
+    use k8s_openapi::api::coordination::v1::Lease;
+    let client = common::cluster().await?;
+    let (_url, pool) = common::database().await?;
+    let run = unique_name("lost");
+    let lease = unique_name("lease");
+    let leader = common::operator_with(&client, &pool, &run, |o| {
+        o.leader_election = Some(LeaderElection {
+            namespace: "default".into(),
+            lease_name: lease.clone(),
+            identity: "leader".into(),
+            duration_seconds: 3,
+        });
+    })
+    .await?;
+    wait_metric(&leader, "countersign_leader", 1.0, Duration::from_secs(30)).await?;
+    let serving = tokio::spawn(leader.serve_until(std::future::pending()));
+
+    let leases: Api<Lease> = Api::namespaced(client.clone(), "default");
+    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    leases
+        .patch(
+            &lease,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {
+                "holderIdentity": "intruder",
+                "leaseDurationSeconds": 3600,
+                "acquireTime": now,
+                "renewTime": now,
+            }})),
+        )
+        .await?;
+    let outcome = tokio::time::timeout(Duration::from_secs(30), serving)
+        .await
+        .map_err(|_| anyhow::anyhow!("the operator stayed up 30 s after losing its lease"))??;
+    let err = outcome.expect_err("losing the lease must end the operator with an error");
+    assert!(err.to_string().contains("leader lease"), "{err}");
+    let holder = leases.get(&lease).await?.spec.and_then(|s| s.holder_identity);
+    assert_eq!(holder.as_deref(), Some("intruder"), "the intruder keeps the lease");
+    Ok(())
+}

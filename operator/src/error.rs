@@ -18,6 +18,10 @@ pub enum Error {
     /// A precondition for starting does not hold.
     #[error("{0}")]
     Startup(String),
+    /// The controllers stopped without being asked to (the leader lease was
+    /// lost, or a watch they need ended).
+    #[error("the controllers stopped: the leader lease was lost or a watch ended")]
+    Stopped,
 }
 
 impl Error {
@@ -29,6 +33,7 @@ impl Error {
             Self::Finalizer(_) => "FinalizerFailed",
             Self::Startup(_) => "StartupFailed",
             Self::DeletionRefused => "DeletionRefused",
+            Self::Stopped => "Stopped",
         }
     }
 }

@@ -96,6 +96,27 @@ impl Running {
     pub fn trigger_shutdown(&self) {
         let _ = self.stop.send(true);
     }
+
+    /// Serves until `shutdown` completes (then Ok), or until the operator
+    /// stops by itself: it lost its leader lease, or a watch it cannot work
+    /// without ended. Then it returns an error, so the process exits non-zero
+    /// and Kubernetes restarts the pod, which campaigns for the lease again,
+    /// instead of leaving a replica up that answers /healthz but does no work.
+    pub async fn serve_until(self, shutdown: impl std::future::Future<Output = ()>) -> Result<(), Error> {
+        let mut stopped = self.stop.subscribe();
+        let outcome = tokio::select! {
+            _ = shutdown => {
+                tracing::info!("shutting down");
+                Ok(())
+            }
+            _ = stopped.wait_for(|stop| *stop) => {
+                tracing::error!("the controllers stopped by themselves; exiting so the pod is restarted");
+                Err(Error::Stopped)
+            }
+        };
+        self.shutdown().await;
+        outcome
+    }
 }
 
 /// Refuses to start unless every CRD is established.
@@ -324,13 +345,10 @@ pub async fn start(client: Client, pool: PgPool, options: RunOptions) -> Result<
     })
 }
 
-/// Runs until SIGINT/SIGTERM.
+/// Runs until SIGINT/SIGTERM, or fails when the operator stops by itself
+/// (see [`Running::serve_until`]).
 pub async fn run(client: Client, pool: PgPool, options: RunOptions) -> Result<(), Error> {
-    let running = start(client, pool, options).await?;
-    shutdown_signal().await;
-    tracing::info!("shutting down");
-    running.shutdown().await;
-    Ok(())
+    start(client, pool, options).await?.serve_until(shutdown_signal()).await
 }
 
 async fn shutdown_signal() {
