@@ -45,13 +45,15 @@ export PATH="$bin_dir:$target/debug:$PATH"
 
 echo "==> migrating the API database"
 countersign migrate
-echo "==> installing the CRDs"
-kubectl apply --server-side -f charts/countersign/files/crds/ >/dev/null
+echo "==> installing the Helm chart (CRDs, admission policies, RBAC, the operator's ServiceAccount and Deployment)"
+# The same chart a cluster gets. Without a kubelet the Deployment's pods never
+# run here; the operator runs on this machine instead, under the chart's
+# ServiceAccount (below). Hooks are skipped: the migrations ran above.
+helm install countersign charts/countersign --namespace countersign-system --create-namespace \
+  --no-hooks --set license.keyringConfigMap=countersign-license-keyring >/dev/null
 kubectl wait --for=condition=Established crd --all --timeout=60s >/dev/null
-echo "==> installing the approval admission policies and RBAC roles"
-kubectl apply --server-side -f charts/countersign/files/admission/ -f charts/countersign/files/rbac/ -f examples/70-approvers.yaml >/dev/null
+kubectl apply --server-side -f examples/70-approvers.yaml >/dev/null
 echo "==> creating the operator's encryption key Secret"
-kubectl create namespace countersign-system >/dev/null
 kubectl -n countersign-system create secret generic countersign-encryption-key \
   --from-file=key=<(head -c 32 /dev/urandom) >/dev/null
 echo "==> making a throwaway vendor key and the operator's license keyring ConfigMap"
@@ -63,12 +65,23 @@ openssl genpkey -algorithm ed25519 -out "$state/vendor-key.pem"
 vendor_public_key=$(openssl pkey -in "$state/vendor-key.pem" -pubout -outform DER | tail -c 32 | base64)
 kubectl -n countersign-system create configmap countersign-license-keyring \
   --from-literal=exaion-2026="$vendor_public_key" >/dev/null
-echo "==> starting the operator"
+echo "==> starting the operator as the chart's ServiceAccount"
+# A token from the API server's TokenRequest API, as a pod would get: every
+# call the operator makes is authorised by the chart's RBAC, not the admin's.
+kubectl config view --raw --minify -o jsonpath='{.clusters[0].cluster.certificate-authority-data}' | base64 -d >"$state/ca.crt"
+operator_kubeconfig="$state/operator.kubeconfig"
+KUBECONFIG="$operator_kubeconfig" kubectl config set-cluster local --embed-certs \
+  --server="$(kubectl config view --minify -o jsonpath='{.clusters[0].cluster.server}')" \
+  --certificate-authority="$state/ca.crt" >/dev/null
+KUBECONFIG="$operator_kubeconfig" kubectl config set-credentials countersign \
+  --token="$(kubectl -n countersign-system create token countersign --duration=24h)" >/dev/null
+KUBECONFIG="$operator_kubeconfig" kubectl config set-context countersign --cluster=local --user=countersign >/dev/null
+KUBECONFIG="$operator_kubeconfig" kubectl config use-context countersign >/dev/null
 # Loopback is allowed only because the demo identity provider and webhook
 # receiver run on it; each has its own throwaway CA, and the operator trusts
 # both. The commercial chain of every grant must run from the vendor to this
 # platform's operator, as the example grants' chains do.
-countersign run --health-addr 127.0.0.1:0 \
+KUBECONFIG="$operator_kubeconfig" countersign run --health-addr 127.0.0.1:0 \
   --encryption-key-secret countersign-system/countersign-encryption-key \
   --audit-anchor countersign-system/countersign-audit-anchor \
   --outbound-allow-loopback \
@@ -76,7 +89,14 @@ countersign run --health-addr 127.0.0.1:0 \
   --license-keyring countersign-system/countersign-license-keyring \
   --license-vendor Exaion --license-operator "Acme Corporation" >"$state/operator.log" 2>&1 &
 pids+=($!)
-echo "==> applying the example namespaces and Tenants"
+echo "==> applying the example ApprovalPolicy, namespaces and Tenants (in their sync-wave order)"
+# A just-established CRD can take a moment to be served; retry until it is.
+for attempt in $(seq 1 30); do
+  kubectl apply -f examples/60-approval-policy.yaml 2>"$state/apply.err" && break
+  [ "$attempt" = 30 ] && { cat "$state/apply.err" >&2; exit 1; }
+  sleep 1
+done
+kubectl wait --for=condition=Ready approvalpolicies --all --timeout=60s >/dev/null || true
 kubectl apply -f examples/00-namespaces.yaml -f examples/10-tenants.yaml
 kubectl wait --for=condition=Ready tenants --all --timeout=120s >/dev/null || true
 echo "==> applying the example identity providers and group mappings (pointed at the local IdP)"
@@ -133,6 +153,8 @@ sed "${sign[@]}" examples/50-license-grant.yaml | kubectl apply -f -
 kubectl wait --for=condition=Ready licensegrants --all --timeout=60s >/dev/null || true
 
 echo
+kubectl get approvalpolicies -o wide
+echo
 kubectl get tenants -o wide
 echo
 kubectl get tenants -o custom-columns='NAME:.metadata.name,READY:.status.conditions[?(@.type=="Ready")].status,REASON:.status.conditions[?(@.type=="Ready")].reason,SYNCED:.status.conditions[?(@.type=="Synced")].status,STALLED:.status.conditions[?(@.type=="Stalled")].status,DATABASE-ID:.status.databaseId'
@@ -168,13 +190,17 @@ psql "$DATABASE_URL" -c "SELECT t.slug AS tenant, q.license_type, q.quantity
 if $once; then
   # Every object applied above must be Ready, and a subscription that asked
   # for a test delivery must have had it accepted (Verified).
-  not_ready=$(kubectl get tenants,identityproviders,groupmappings,frontinglinks,webhooksubscriptions,licensegrants -A \
+  not_ready=$(kubectl get approvalpolicies,tenants,identityproviders,groupmappings,frontinglinks,webhooksubscriptions,licensegrants -A \
     -o jsonpath='{range .items[*]}{.kind}/{.metadata.name}={.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}' | grep -v '=True$' || true)
   not_verified=$(kubectl get webhooksubscriptions -A \
     -o jsonpath='{range .items[?(@.spec.verify==true)]}{.kind}/{.metadata.name}={.status.conditions[?(@.type=="Verified")].status}{"\n"}{end}' | grep -v '=True$' || true)
-  if [ -n "$not_ready$not_verified" ]; then
+  # The operator ran under the chart's ServiceAccount: a refused call means
+  # the chart's RBAC is short of what the code needs.
+  forbidden=$(grep -i 'forbidden' "$state/operator.log" || true)
+  if [ -n "$not_ready$not_verified$forbidden" ]; then
     [ -z "$not_ready" ] || echo "not Ready: $not_ready" >&2
     [ -z "$not_verified" ] || echo "not Verified: $not_verified" >&2
+    [ -z "$forbidden" ] || echo "the chart's RBAC refused the operator: $forbidden" >&2
     cat "$state/operator.log" >&2
     exit 1
   fi

@@ -339,6 +339,18 @@ impl Drop for Children {
     }
 }
 
+/// The directory of the Go-built tools (`kube-apiserver`, `etcd`, `kubectl`,
+/// `helm`, ...), built by `e2e/controlplane/build.sh` on first use in this
+/// process and cached across runs.
+pub fn tools_dir() -> anyhow::Result<&'static Path> {
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    if let Some(dir) = DIR.get() {
+        return Ok(dir);
+    }
+    let dir = build_binaries()?;
+    Ok(DIR.get_or_init(|| dir))
+}
+
 /// Runs `e2e/controlplane/build.sh` and returns the directory holding `etcd` and
 /// `kube-apiserver`.
 fn build_binaries() -> anyhow::Result<PathBuf> {

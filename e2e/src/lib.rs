@@ -31,7 +31,7 @@ pub mod webhook_receiver;
 use std::future::Future;
 use std::sync::OnceLock;
 
-pub use controlplane::ControlPlane;
+pub use controlplane::{ControlPlane, tools_dir};
 pub use ports::free_port;
 pub use postgres::Postgres;
 
