@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Brings up the whole system locally: a kube-apiserver + etcd built from their
 # Go modules, PostgreSQL, a local HTTPS identity provider and webhook
-# receiver, the schema migrations, the CRDs, the operator and the examples
+# receiver, the schema migrations, the Helm chart (CRDs, admission policies,
+# RBAC), the operator under the chart's ServiceAccount and the examples
 # (Tenants, identity providers, group mappings, webhook subscriptions, a
 # fronting link, license grants signed with a throwaway vendor key); then
 # shows them with their conditions and the rows they produced. Nothing leaves
