@@ -57,5 +57,6 @@ build_tool() {
   ln -sf "$out/$name" "$bin/$name"
 }
 build_tool helm helm helm.sh/helm/v3/cmd/helm
+build_tool countersign-health health countersign.dev/e2e/health
 
 echo "$bin"
