@@ -20,8 +20,13 @@ const NAMESPACE: &str = "countersign-system";
 /// The operator's identity as the API server sees a pod of the chart.
 const OPERATOR: &str = "system:serviceaccount:countersign-system:countersign";
 
-fn chart() -> PathBuf {
-    common::repo_root().join("charts/countersign")
+fn chart() -> String {
+    common::repo_root().join("charts/countersign").display().to_string()
+}
+
+/// A path as a command-line argument.
+fn arg(path: &std::path::Path) -> String {
+    path.display().to_string()
 }
 
 /// Where build.sh put helm and kubectl (the harness's control-plane binaries).
@@ -60,13 +65,7 @@ fn must(name: &str, args: &[&str], kubeconfig: Option<&std::path::Path>) -> anyh
 /// `helm template` of the chart with extra arguments, as parsed objects.
 fn render(extra: &[&str]) -> anyhow::Result<Vec<Value>> {
     let chart = chart();
-    let mut args = vec![
-        "template",
-        "countersign",
-        chart.to_str().unwrap(),
-        "--namespace",
-        NAMESPACE,
-    ];
+    let mut args = vec!["template", "countersign", chart.as_str(), "--namespace", NAMESPACE];
     args.extend_from_slice(extra);
     parse(&must("helm", &args, None)?)
 }
@@ -142,7 +141,7 @@ const DEFAULT_OBJECTS: &[&str] = &[
 #[test]
 fn the_chart_lints_and_renders_its_defaults_and_every_values_example() -> anyhow::Result<()> {
     let chart = chart();
-    let chart = chart.to_str().unwrap();
+    let chart = chart.as_str();
     must("helm", &["lint", "--strict", chart], None)?;
     let defaults = render(&[])?;
     let keys: Vec<String> = by_key(&defaults).into_keys().collect();
@@ -153,7 +152,7 @@ fn the_chart_lints_and_renders_its_defaults_and_every_values_example() -> anyhow
     let container = &pod["containers"][0];
     let args: Vec<&str> = container["args"]
         .as_array()
-        .unwrap()
+        .context("the operator's args")?
         .iter()
         .filter_map(Value::as_str)
         .collect();
@@ -189,7 +188,8 @@ fn the_chart_lints_and_renders_its_defaults_and_every_values_example() -> anyhow
     examples.sort();
     ensure!(examples.len() >= 3, "the documented values examples are missing");
     for example in &examples {
-        let file = example.to_str().unwrap();
+        let file = arg(example);
+        let file = file.as_str();
         must("helm", &["lint", "--strict", chart, "-f", file], None)?;
         let objects = by_key(&render(&["-f", file])?);
         match example.file_name().and_then(|n| n.to_str()).unwrap_or_default() {
@@ -199,7 +199,7 @@ fn the_chart_lints_and_renders_its_defaults_and_every_values_example() -> anyhow
                 assert!(
                     d["spec"]["template"]["spec"]["containers"][0]["image"]
                         .as_str()
-                        .unwrap()
+                        .unwrap_or_default()
                         .contains("@sha256:")
                 );
                 let args = d["spec"]["template"]["spec"]["containers"][0]["args"].to_string();
@@ -295,7 +295,7 @@ fn wrong_values_are_refused_with_a_message_naming_the_value() -> anyhow::Result<
         ),
     ];
     for (args, message) in cases {
-        let mut all = vec!["template", "countersign", chart.to_str().unwrap()];
+        let mut all = vec!["template", "countersign", chart.as_str()];
         all.extend_from_slice(args);
         match run("helm", &all, None)? {
             Ok(_) => bail!("helm rendered the chart with {args:?}"),
@@ -308,7 +308,7 @@ fn wrong_values_are_refused_with_a_message_naming_the_value() -> anyhow::Result<
 #[test]
 fn the_kustomize_base_declares_what_the_chart_declares_by_default() -> anyhow::Result<()> {
     let base = common::repo_root().join("kustomize/base");
-    let kustomized = by_key(&parse(&must("kubectl", &["kustomize", base.to_str().unwrap()], None)?)?);
+    let kustomized = by_key(&parse(&must("kubectl", &["kustomize", &arg(&base)], None)?)?);
     let chart = by_key(&render(&[])?);
     let mut only_kustomize: Vec<&String> = kustomized.keys().filter(|k| !chart.contains_key(*k)).collect();
     // `helm install --create-namespace` makes the namespace on the chart's path.
@@ -345,7 +345,7 @@ fn the_kustomize_base_declares_what_the_chart_declares_by_default() -> anyhow::R
     }
     for overlay in ["dev", "production"] {
         let path = common::repo_root().join("kustomize/overlays").join(overlay);
-        let objects = by_key(&parse(&must("kubectl", &["kustomize", path.to_str().unwrap()], None)?)?);
+        let objects = by_key(&parse(&must("kubectl", &["kustomize", &arg(&path)], None)?)?);
         let deployment = &objects["Deployment countersign-system/countersign"];
         let args = deployment["spec"]["template"]["spec"]["containers"][0]["args"].to_string();
         match overlay {
@@ -451,7 +451,7 @@ async fn the_chart_installs_runs_the_operator_under_its_service_account_and_upgr
     let kubeconfig = cp.kubeconfig_path().to_path_buf();
     let kc = Some(kubeconfig.as_path());
     let chart = chart();
-    let chart = chart.to_str().unwrap();
+    let chart = chart.as_str();
     common::ensure_namespace(&admin, NAMESPACE).await?;
     common::ensure_namespace(&admin, "team-a").await?;
 
@@ -510,11 +510,7 @@ async fn the_chart_installs_runs_the_operator_under_its_service_account_and_upgr
         });
         let file = std::env::temp_dir().join(format!("{restricted}-{owner}.json"));
         std::fs::write(&file, pod.to_string())?;
-        let out = run(
-            "kubectl",
-            &["create", "--dry-run=server", "-f", file.to_str().unwrap()],
-            kc,
-        )?;
+        let out = run("kubectl", &["create", "--dry-run=server", "-f", &arg(&file)], kc)?;
         assert!(
             out.is_ok(),
             "the {owner}'s pod violates the restricted pod security profile: {out:?}"
@@ -538,11 +534,7 @@ async fn the_chart_installs_runs_the_operator_under_its_service_account_and_upgr
             None,
         )?,
     )?;
-    must(
-        "kubectl",
-        &["create", "--dry-run=server", "-f", job.to_str().unwrap()],
-        kc,
-    )?;
+    must("kubectl", &["create", "--dry-run=server", "-f", &arg(&job)], kc)?;
 
     // The operator's identity may do what its code needs and nothing else.
     let mut refused = Vec::new();
@@ -698,7 +690,7 @@ async fn the_chart_installs_runs_the_operator_under_its_service_account_and_upgr
             "--server-side",
             "--force-conflicts",
             "-k",
-            common::repo_root().join("kustomize/overlays/dev").to_str().unwrap(),
+            &arg(&common::repo_root().join("kustomize/overlays/dev")),
         ],
         kc,
     )?;
