@@ -223,7 +223,7 @@ async fn entries_written_before_keyed_links_verify_as_a_legacy_prefix() -> anyho
 async fn wait_anchor(client: &kube::Client, name: &str, count: u64) -> anyhow::Result<audit::Anchor> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     loop {
-        let anchor = countersign_operator::audit_anchor::load(client, "default", name).await?;
+        let anchor = countersign_operator::audit_anchor::load(client, common::OPERATOR_NAMESPACE, name).await?;
         if let Some(anchor) = anchor.filter(|a| a.count == count) {
             return Ok(anchor);
         }
@@ -243,10 +243,11 @@ async fn a_deleted_tail_or_a_truncated_log_is_reported_against_the_operators_anc
     let key = chain_key();
     let run = countersign_e2e::unique_name("anchor");
     let anchor_name = countersign_e2e::unique_name("audit-anchor");
+    common::grant_operator_role(&client, "countersign-leader", &anchor_name).await?;
     let interval = std::time::Duration::from_millis(200);
     let op = common::operator_with(&client, &pool, &run, |o| {
         o.audit_anchor = Some(countersign_operator::audit_anchor::AnchorTarget {
-            namespace: "default".into(),
+            namespace: common::OPERATOR_NAMESPACE.into(),
             name: anchor_name.clone(),
             interval,
         })
@@ -295,7 +296,7 @@ async fn a_deleted_tail_or_a_truncated_log_is_reported_against_the_operators_anc
     assert!(link.problem.contains("anchor records 2 entries"), "{}", link.problem);
     // The operator does not move its anchor back over the loss.
     tokio::time::sleep(interval * 5).await;
-    let kept = countersign_operator::audit_anchor::load(&client, "default", &anchor_name).await?;
+    let kept = countersign_operator::audit_anchor::load(&client, common::OPERATOR_NAMESPACE, &anchor_name).await?;
     assert_eq!(kept.as_ref(), Some(&anchor), "the anchor stays as evidence");
 
     // TRUNCATE is refused even for a superuser while the trigger is on...

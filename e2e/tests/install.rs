@@ -593,7 +593,7 @@ async fn the_chart_installs_runs_the_operator_under_its_service_account_and_upgr
         .context("the ServiceAccount reads the encryption key Secret")?;
     let (_url, pool) = common::database().await?;
     let run_id = unique_name("chart");
-    let operator = common::operator_with(&operator_client, &pool, &run_id, |o| {
+    let operator = common::operator_authenticated_as(&operator_client, &pool, &run_id, |o| {
         o.leader_election = Some(countersign_operator::run::LeaderElection {
             namespace: NAMESPACE.into(),
             lease_name: "countersign-leader".into(),
@@ -699,4 +699,34 @@ async fn the_chart_installs_runs_the_operator_under_its_service_account_and_upgr
     assert!(can_i(&kubeconfig, "watch tenants.platform.countersign.dev")?);
     assert!(!can_i(&kubeconfig, "create clusterroles.rbac.authorization.k8s.io")?);
     Ok(())
+}
+
+/// Every end-to-end test's operator goes through `common::as_operator`: it
+/// must really be the chart's ServiceAccount to the API server, or those
+/// tests would prove nothing about the chart's RBAC.
+#[tokio::test]
+async fn test_operators_act_as_the_charts_service_account() -> anyhow::Result<()> {
+    use k8s_openapi::api::authentication::v1::SelfSubjectReview;
+    use k8s_openapi::api::rbac::v1::ClusterRole;
+    let admin = common::cluster().await?;
+    let operator = common::as_operator(&admin);
+    let reviews: Api<SelfSubjectReview> = Api::all(operator.clone());
+    let review = reviews
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {}}))?,
+        )
+        .await?;
+    let user = review.status.and_then(|s| s.user_info).and_then(|u| u.username);
+    assert_eq!(user.as_deref(), Some(OPERATOR));
+    let tenants: Api<Tenant> = Api::all(operator.clone());
+    tenants
+        .list(&Default::default())
+        .await
+        .context("the operator lists Tenants")?;
+    let roles: Api<ClusterRole> = Api::all(operator);
+    match roles.list(&Default::default()).await {
+        Err(kube::Error::Api(status)) if status.code == 403 => Ok(()),
+        other => bail!("the operator's identity could list ClusterRoles: {other:?}"),
+    }
 }

@@ -29,12 +29,13 @@ async fn only_the_leader_reconciles_and_a_standby_takes_over() -> anyhow::Result
     let (_url, pool) = common::database().await?;
     let run = unique_name("leader");
     let lease = unique_name("lease");
+    common::grant_operator_role(&client, &lease, "countersign-audit-anchor").await?;
     let elect = |identity: &str| {
         let lease = lease.clone();
         let identity = identity.to_string();
         move |o: &mut countersign_operator::RunOptions| {
             o.leader_election = Some(LeaderElection {
-                namespace: "default".into(),
+                namespace: common::OPERATOR_NAMESPACE.into(),
                 lease_name: lease,
                 identity,
                 duration_seconds: 3,
@@ -92,9 +93,10 @@ async fn a_leader_that_loses_its_lease_exits() -> anyhow::Result<()> {
     let (_url, pool) = common::database().await?;
     let run = unique_name("lost");
     let lease = unique_name("lease");
+    common::grant_operator_role(&client, &lease, "countersign-audit-anchor").await?;
     let leader = common::operator_with(&client, &pool, &run, |o| {
         o.leader_election = Some(LeaderElection {
-            namespace: "default".into(),
+            namespace: common::OPERATOR_NAMESPACE.into(),
             lease_name: lease.clone(),
             identity: "leader".into(),
             duration_seconds: 3,
@@ -104,7 +106,7 @@ async fn a_leader_that_loses_its_lease_exits() -> anyhow::Result<()> {
     wait_metric(&leader, "countersign_leader", 1.0, Duration::from_secs(30)).await?;
     let serving = tokio::spawn(leader.serve_until(std::future::pending()));
 
-    let leases: Api<Lease> = Api::namespaced(client.clone(), "default");
+    let leases: Api<Lease> = Api::namespaced(client.clone(), common::OPERATOR_NAMESPACE);
     let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
     leases
         .patch(

@@ -25,8 +25,124 @@ pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-/// Installs (or refreshes) every CRD with server-side apply and waits until established.
+/// The namespace the chart installs the operator into.
+pub const OPERATOR_NAMESPACE: &str = "countersign-system";
+/// The chart's ServiceAccount as the API server names it: every test
+/// operator acts as it, so every end-to-end test proves the chart's RBAC is
+/// enough for what it exercises.
+pub const OPERATOR_IDENTITY: &str = "system:serviceaccount:countersign-system:countersign";
+
+/// `helm template` of the chart (release `countersign` in
+/// [`OPERATOR_NAMESPACE`]) with extra arguments.
+pub fn render_chart(extra: &[&str]) -> anyhow::Result<String> {
+    let chart = repo_root().join("charts/countersign").display().to_string();
+    let mut args = vec![
+        "template",
+        "countersign",
+        chart.as_str(),
+        "--namespace",
+        OPERATOR_NAMESPACE,
+    ];
+    args.extend_from_slice(extra);
+    let home = std::env::temp_dir().join("countersign-e2e-helm");
+    let out = std::process::Command::new(countersign_e2e::tools_dir()?.join("helm"))
+        .args(&args)
+        .env("HELM_CACHE_HOME", home.join("cache"))
+        .env("HELM_CONFIG_HOME", home.join("config"))
+        .env("HELM_DATA_HOME", home.join("data"))
+        .output()
+        .context("run helm template")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "helm template {extra:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8(out.stdout)?)
+}
+
+/// Installs the chart's ServiceAccount and the operator's ClusterRole and
+/// binding, exactly as the chart renders them.
+pub async fn install_operator_rbac(client: &Client) -> anyhow::Result<()> {
+    static RENDERED: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let rendered = match RENDERED.get() {
+        Some(r) => r,
+        None => {
+            let r = render_chart(&[
+                "--show-only",
+                "templates/serviceaccount.yaml",
+                "--show-only",
+                "templates/operator-rbac.yaml",
+            ])?;
+            RENDERED.get_or_init(|| r)
+        }
+    };
+    ensure_namespace(client, OPERATOR_NAMESPACE).await?;
+    apply_yaml(client, rendered).await
+}
+
+/// The chart's namespaced Role (lease and audit anchor), rendered for this
+/// test's own lease and anchor names and bound under a name of its own, so
+/// tests running side by side do not share one lease.
+pub async fn grant_operator_role(client: &Client, lease: &str, anchor: &str) -> anyhow::Result<()> {
+    install_operator_rbac(client).await?;
+    let rendered = render_chart(&[
+        "--show-only",
+        "templates/operator-rbac.yaml",
+        "--set",
+        &format!("leaderElection.leaseName={lease}"),
+        "--set",
+        &format!("auditAnchor.configMapName={anchor}"),
+    ])?;
+    let unique = countersign_e2e::unique_name("countersign-operator");
+    for mut obj in parse_yaml(&rendered)? {
+        let kind = obj.types.as_ref().map(|t| t.kind.clone()).unwrap_or_default();
+        if kind != "Role" && kind != "RoleBinding" {
+            continue;
+        }
+        obj.metadata.name = Some(unique.clone());
+        if kind == "RoleBinding" {
+            obj.data["roleRef"]["name"] = serde_json::Value::String(unique.clone());
+        }
+        apply_yaml(client, &serde_json::to_string(&obj)?).await?;
+    }
+    Ok(())
+}
+
+/// Sends every request through `admin` as the chart's ServiceAccount
+/// (Impersonate-User and -Group headers), so RBAC judges it as it judges
+/// the operator's pod.
+#[derive(Clone)]
+struct AsChartServiceAccount(Client);
+
+impl tower_service::Service<http::Request<kube::client::Body>> for AsChartServiceAccount {
+    type Response = http::Response<kube::client::Body>;
+    type Error = kube::Error;
+    type Future = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, mut request: http::Request<kube::client::Body>) -> Self::Future {
+        let headers = request.headers_mut();
+        headers.insert("Impersonate-User", http::HeaderValue::from_static(OPERATOR_IDENTITY));
+        for group in ["system:serviceaccounts", "system:serviceaccounts:countersign-system"] {
+            headers.append("Impersonate-Group", http::HeaderValue::from_static(group));
+        }
+        let admin = self.0.clone();
+        Box::pin(async move { admin.send(request).await })
+    }
+}
+
+/// A client that acts as the chart's ServiceAccount, through `admin`.
+pub fn as_operator(admin: &Client) -> Client {
+    Client::new(AsChartServiceAccount(admin.clone()), "default")
+}
+
+/// Installs (or refreshes) every CRD with server-side apply and waits until
+/// established, with the chart's RBAC for the operator.
 pub async fn install_crds(client: &Client) -> anyhow::Result<()> {
+    install_operator_rbac(client).await?;
     let api: Api<CustomResourceDefinition> = Api::all(client.clone());
     for crd in countersign_crds::all_crds() {
         let name = crd.metadata.name.clone().unwrap_or_default();
@@ -121,8 +237,20 @@ pub async fn operator_with_resync(
     operator_with(client, pool, run_id, |o| o.resync = resync).await
 }
 
-/// Like [`operator`], with options adjusted by `adjust`.
+/// Like [`operator`], with options adjusted by `adjust`. The operator acts
+/// as the chart's ServiceAccount (through `client`, an admin).
 pub async fn operator_with(
+    client: &Client,
+    pool: &PgPool,
+    run_id: &str,
+    adjust: impl FnOnce(&mut RunOptions),
+) -> anyhow::Result<Running> {
+    operator_authenticated_as(&as_operator(client), pool, run_id, adjust).await
+}
+
+/// Like [`operator_with`], with `client` used as it is (for a client that
+/// already authenticates as the operator, e.g. with a ServiceAccount token).
+pub async fn operator_authenticated_as(
     client: &Client,
     pool: &PgPool,
     run_id: &str,
