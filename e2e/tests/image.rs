@@ -48,12 +48,31 @@ fn locate_or_build() -> anyhow::Result<Image> {
         "COUNTERSIGN_IMAGE_ROOTFS is not set: building the image with scripts/image.sh --out {}",
         out.display()
     );
-    let status = Command::new("bash")
-        .arg(common::repo_root().join("scripts/image.sh"))
+    let mut cmd = Command::new("bash");
+    cmd.arg(common::repo_root().join("scripts/image.sh"))
         .arg("--out")
-        .arg(&out)
-        .status()
-        .context("run scripts/image.sh")?;
+        .arg(&out);
+    // What cargo sets for this test, not for a build: ring's build script tracks
+    // CARGO_MANIFEST_DIR, so leaving them would make the next plain build start over.
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        let from_cargo_test = name == "CARGO"
+            || name == "OUT_DIR"
+            || [
+                "CARGO_MANIFEST_",
+                "CARGO_PKG_",
+                "CARGO_BIN_",
+                "CARGO_CRATE_",
+                "CARGO_PRIMARY_",
+                "CARGO_TARGET_TMPDIR",
+            ]
+            .iter()
+            .any(|prefix| name.starts_with(prefix));
+        if from_cargo_test {
+            cmd.env_remove(&*name);
+        }
+    }
+    let status = cmd.status().context("run scripts/image.sh")?;
     if !status.success() {
         bail!("scripts/image.sh failed ({status})");
     }
