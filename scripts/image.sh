@@ -7,7 +7,7 @@
 #   scripts/image.sh [--out DIR]
 #
 # DIR (default: $CARGO_TARGET_DIR/image, else target/image) receives
-#   oci/              the image as an OCI layout (skopeo, crane, podman pull oci:DIR/oci)
+#   oci/              the image as an OCI layout (e.g. skopeo copy oci:DIR/oci:dev ...)
 #   countersign.tar   the same for `docker load -i` / `podman load -i`
 #   rootfs/           its flattened root filesystem (what the tests run)
 # and the image's digest and size are printed.
