@@ -9,6 +9,10 @@ ensure_prerequisites() {
   command -v psql >/dev/null 2>&1 || missing+=(postgresql-client)
   command -v setpriv >/dev/null 2>&1 || missing+=(util-linux)
   command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+  # The operator image: ring needs a musl C compiler for the static binary,
+  # and the image carries the host's CA bundle.
+  command -v musl-gcc >/dev/null 2>&1 || missing+=(musl-tools)
+  [ -s /etc/ssl/certs/ca-certificates.crt ] || missing+=(ca-certificates)
   if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ]; then
       echo "==> installing ${missing[*]} from Debian's packages"

@@ -15,6 +15,11 @@ fi
 
 echo "==> control plane binaries"
 bash e2e/controlplane/build.sh
+echo "==> operator image (the Containerfile, built without a container engine)"
+image_out=${CARGO_TARGET_DIR:-$PWD/target}/image
+scripts/image.sh --out "$image_out"
+# e2e/tests/image.rs runs the binary from this root filesystem as the image's user.
+export COUNTERSIGN_IMAGE_ROOTFS=$image_out/rootfs COUNTERSIGN_IMAGE_LAYOUT=$image_out/oci
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check
 echo "==> cargo clippy -D warnings"

@@ -3,7 +3,11 @@
 # cache (default ~/.cache/countersign, override with COUNTERSIGN_CACHE), and
 # reuses binaries already built for the same pinned versions.
 # Prints the directory holding the binaries on its last line.
+# With arguments (e.g. `build.sh countersign-image`), builds only those
+# binaries (scripts/image.sh needs no control plane).
 set -euo pipefail
+only=" $* "
+wanted() { [ "$only" = "  " ] || [[ "$only" == *" $1 "* ]]; }
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 cache=${COUNTERSIGN_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/countersign}
@@ -20,7 +24,7 @@ if ! command -v go >/dev/null 2>&1; then
   exit 1
 fi
 
-if [ ! -x "$bin/etcd" ]; then
+if wanted etcd && [ ! -x "$bin/etcd" ]; then
   echo "building etcd $etcd_version (first run only)" >&2
   (cd "$here/etcd" && go build -trimpath -o "$bin/etcd.tmp" . && mv "$bin/etcd.tmp" "$bin/etcd")
 fi
@@ -29,6 +33,7 @@ fi
 # version so clients do not see v0.0.0.
 build_kube() {
   local cmd=$1 minor pkg ldflags
+  wanted "$cmd" || return 0
   [ -x "$bin/$cmd" ] && return 0
   echo "building $cmd $kube_version (first run only)" >&2
   minor=${kube_version#v1.}; minor=${minor%%.*}
@@ -47,6 +52,7 @@ build_kube kubectl
 # the pin (or to our own Go code) rebuilds it and nothing else does.
 build_tool() {
   local name=$1 dir=$2 pkg=$3 sum out
+  wanted "$name" || return 0
   sum=$(cd "$here/$dir" && cat go.mod go.sum $(ls ./*.go 2>/dev/null) | sha256sum | cut -c1-16)
   out="$cache/bin/$dir-$sum"
   mkdir -p "$out"
@@ -58,5 +64,6 @@ build_tool() {
 }
 build_tool helm helm helm.sh/helm/v3/cmd/helm
 build_tool countersign-health health countersign.dev/e2e/health
+build_tool countersign-image image countersign.dev/e2e/image
 
 echo "$bin"

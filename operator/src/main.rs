@@ -10,7 +10,7 @@ use std::process::ExitCode;
 
 /// Countersign: reconciles platform admin objects from Kubernetes into the API database.
 #[derive(Parser)]
-#[command(version, about)]
+#[command(name = "countersign", version, about)]
 struct Cli {
     /// PostgreSQL URL of the platform's API database.
     #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
@@ -129,7 +129,11 @@ enum DatabaseCommand {
     },
     /// Apply pending schema migrations to the API database.
     Migrate,
-    /// Check that the database is at the schema version this build understands.
+    /// Check that the database is at the schema version this build understands,
+    /// and that the system trust store outbound HTTPS uses (SSL_CERT_FILE /
+    /// SSL_CERT_DIR, else /etc/ssl/certs/ca-certificates.crt) holds at least one
+    /// CA certificate: without one no public OIDC provider, SAML metadata or
+    /// webhook endpoint can be reached. Exits non-zero if either is wrong.
     CheckSchema,
     /// Verify the audit log's keyed hash chain and report the first broken link.
     VerifyAudit {
@@ -229,6 +233,7 @@ async fn with_database(database_url: Option<String>, command: DatabaseCommand) -
         DatabaseCommand::CheckSchema => {
             let version = countersign_reconcilers::db::check_schema(&pool).await?;
             println!("API database at schema version {version}, as this build expects");
+            check_trust_store()?;
         }
         DatabaseCommand::VerifyAudit { key, audit_anchor } => {
             let key = key.load().await?;
@@ -379,6 +384,38 @@ async fn with_database(database_url: Option<String>, command: DatabaseCommand) -
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The system trust store behind every outbound HTTPS call (the same loader as
+/// [`countersign_reconcilers::outbound`]): at least one CA certificate, or an error.
+fn check_trust_store() -> anyhow::Result<()> {
+    let roots = countersign_reconcilers::outbound::system_roots();
+    if roots.store.is_empty() {
+        let mut why = String::new();
+        for var in ["SSL_CERT_FILE", "SSL_CERT_DIR"] {
+            if let Some(value) = std::env::var_os(var) {
+                why.push_str(&format!("; {var}={}", value.to_string_lossy()));
+            }
+        }
+        for err in &roots.errors {
+            why.push_str("; ");
+            why.push_str(err);
+        }
+        anyhow::bail!(
+            "the system trust store has no CA certificate (looked at SSL_CERT_FILE / SSL_CERT_DIR, else \
+             /etc/ssl/certs/ca-certificates.crt and the platform's other usual places{why}): outbound HTTPS \
+             could reach no public OIDC provider, SAML metadata or webhook endpoint"
+        );
+    }
+    println!(
+        "system trust store: {} CA certificates for outbound HTTPS{}",
+        roots.store.len(),
+        match roots.ignored {
+            0 => String::new(),
+            n => format!(" ({n} unusable ones skipped)"),
+        }
+    );
+    Ok(())
 }
 
 /// `countersign license canonical`: see [`countersign_operator::license`].

@@ -780,16 +780,39 @@ fn http_client(
         })
 }
 
-/// A rustls client configuration with the ring provider, trusting the system roots plus
-/// `extra_roots_pem`.
-fn tls_config(extra_roots_pem: &[String]) -> Result<rustls::ClientConfig, OutboundError> {
-    let mut roots = rustls::RootCertStore::empty();
+/// The system trust store as the outbound client loads it (`SSL_CERT_FILE` / `SSL_CERT_DIR`
+/// when set, else the platform's usual bundle, e.g. `/etc/ssl/certs/ca-certificates.crt`).
+pub struct SystemRoots {
+    /// The certificates that parsed as trust anchors.
+    pub store: rustls::RootCertStore,
+    /// Certificates found but not usable as trust anchors.
+    pub ignored: usize,
+    /// Files or directories that could not be read.
+    pub errors: Vec<String>,
+}
+
+/// Loads the system trust store every outbound HTTPS call trusts (besides a policy's
+/// `extra_roots_pem`). Empty means no public OIDC provider or webhook endpoint can be reached:
+/// `countersign check-schema` refuses that.
+pub fn system_roots() -> SystemRoots {
+    let mut store = rustls::RootCertStore::empty();
     let native = rustls_native_certs::load_native_certs();
     for err in &native.errors {
         tracing::debug!(error = %err, "skipping unreadable system CA certificates");
     }
-    let (added, ignored) = roots.add_parsable_certificates(native.certs);
+    let (added, ignored) = store.add_parsable_certificates(native.certs);
     tracing::debug!(added, ignored, "loaded system CA certificates");
+    SystemRoots {
+        store,
+        ignored,
+        errors: native.errors.iter().map(ToString::to_string).collect(),
+    }
+}
+
+/// A rustls client configuration with the ring provider, trusting the system roots plus
+/// `extra_roots_pem`.
+fn tls_config(extra_roots_pem: &[String]) -> Result<rustls::ClientConfig, OutboundError> {
+    let mut roots = system_roots().store;
     for (index, pem) in extra_roots_pem.iter().enumerate() {
         let invalid = |why: String| OutboundError::InvalidPolicy {
             detail: format!("extra_roots_pem[{index}]: {}", safe(&why)),
