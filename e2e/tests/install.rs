@@ -446,7 +446,9 @@ fn can_i(kubeconfig: &std::path::Path, check: &str) -> anyhow::Result<bool> {
 
 #[tokio::test]
 async fn the_chart_installs_runs_the_operator_under_its_service_account_and_upgrades() -> anyhow::Result<()> {
-    let cp = countersign_e2e::shared_control_plane().await;
+    // A control plane of its own: Helm must find the cluster without the
+    // objects the other tests' harness installs (it refuses to adopt them).
+    let cp = countersign_e2e::ControlPlane::start().await?;
     let admin = cp.client().await?;
     let kubeconfig = cp.kubeconfig_path().to_path_buf();
     let kc = Some(kubeconfig.as_path());
