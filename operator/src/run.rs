@@ -231,6 +231,7 @@ pub async fn start(client: Client, pool: PgPool, options: RunOptions) -> Result<
         policies,
         in_force: Default::default(),
         policy_changes: policy_tx,
+        providers_removed: Arc::new(watch::channel(0u64).0),
         secret_key: options.secret_key.clone(),
         outbound: Some(outbound),
         licensing: Arc::new(options.licensing.clone()),

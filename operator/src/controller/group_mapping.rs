@@ -61,8 +61,15 @@ pub async fn run(
     let config = super::watch_config(selector.as_deref());
     let controller = Controller::new(Api::<GroupMapping>::all(client.clone()), config.clone());
     let store = controller.store();
+    let providers_removed = futures::stream::unfold(ctx.providers_removed.subscribe(), |mut rx| async move {
+        rx.changed().await.ok()?;
+        Some(((), rx))
+    });
     let controller = controller
         .reconcile_all_on(policy_changed)
+        // A removed provider's mappings are looked at once its removal has
+        // committed (a rare event: one pass of reads, no writes for the rest).
+        .reconcile_all_on(providers_removed)
         // A provider appearing (or going away) decides whether its mappings
         // can be written.
         .watches(Api::<IdentityProvider>::all(client), config, move |idp| {

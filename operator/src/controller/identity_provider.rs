@@ -101,7 +101,11 @@ impl Reconciled for IdentityProvider {
     }
 
     async fn cleanup(&self, ctx: &Context, approved: Option<ApprovedChange>) -> Result<Result<(), Outcome>, Error> {
-        Ok(pipeline::cleanup(self, &ctx.pool, &ctx.actor, approved).await?)
+        let removed = pipeline::cleanup(self, &ctx.pool, &ctx.actor, approved).await?;
+        if removed.is_ok() {
+            ctx.providers_removed.send_modify(|n| *n = n.wrapping_add(1));
+        }
+        Ok(removed)
     }
 }
 

@@ -53,6 +53,12 @@ pub struct Context {
     pub in_force: InForcePolicies,
     /// Tells every controller to look at all its objects again.
     pub policy_changes: Arc<tokio::sync::watch::Sender<u64>>,
+    /// Bumped after an IdentityProvider's row is removed (its mappings' rows
+    /// too, with Cascade): the GroupMapping controller looks at its objects
+    /// again, so a mapping left without its provider says so even if the
+    /// provider's delete event reached its watch before the removal committed
+    /// or not at all.
+    pub providers_removed: Arc<tokio::sync::watch::Sender<u64>>,
     /// The key secrets are sealed under.
     pub secret_key: Arc<countersign_reconcilers::secrets::SecretKey>,
     /// The one client for every outbound call, under the outbound policy.
