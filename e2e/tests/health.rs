@@ -14,10 +14,10 @@
 
 mod common;
 
-use base64::Engine;
 use chrono::{SecondsFormat, Utc};
 use common::TEST_LABEL;
 use common::approvals::{APPROVERS, EDITORS, GITOPS};
+use common::vendor::Vendor;
 use countersign_e2e::stub_idp::StubIdp;
 use countersign_e2e::unique_name;
 use countersign_e2e::webhook_receiver::{KeySource, WebhookReceiver};
@@ -26,8 +26,6 @@ use countersign_operator::run::Running;
 use k8s_openapi::api::core::v1::Secret;
 use kube::Client;
 use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
-use ring::rand::SystemRandom;
-use ring::signature::{Ed25519KeyPair, KeyPair};
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use std::collections::BTreeMap;
@@ -63,32 +61,6 @@ const STATES: [&str; 7] = [
     "deleting",
     "deleting-stalled",
 ];
-
-/// A vendor key (as in license_grant.rs): signs a spec as vendors are told to.
-struct Vendor {
-    pair: Ed25519KeyPair,
-}
-
-impl Vendor {
-    fn new() -> Self {
-        let pkcs8 = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).expect("key generation");
-        Self {
-            pair: Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).expect("generated key parses"),
-        }
-    }
-
-    fn sign(&self, spec: &mut Value) {
-        let mut doc = spec.as_object().cloned().expect("spec is an object");
-        doc.remove("signature");
-        for optional in ["addendumOf", "revokes"] {
-            doc.entry(optional).or_insert(Value::Null);
-        }
-        doc.insert("format".into(), json!("countersign.dev/license-grant/v1"));
-        let bytes = serde_json::to_vec(&Value::Object(doc)).expect("encodes");
-        let value = base64::engine::general_purpose::STANDARD.encode(self.pair.sign(&bytes).as_ref());
-        spec["signature"] = json!({"keyId": KEY_ID, "value": value});
-    }
-}
 
 fn at(offset: chrono::Duration) -> String {
     (Utc::now() + offset).to_rfc3339_opts(SecondsFormat::Secs, true)
@@ -229,7 +201,7 @@ impl World {
             self.receiver.ca_pem().to_string(),
             self.receiver2.ca_pem().to_string(),
         ];
-        let keyring = BTreeMap::from([(KEY_ID.to_string(), self.vendor.pair.public_key().as_ref().to_vec())]);
+        let keyring = BTreeMap::from([(KEY_ID.to_string(), self.vendor.public_key())]);
         let op = common::operator_with(&self.client, &self.pool, &self.run, |o| {
             o.outbound.allow_loopback = true;
             o.outbound.extra_roots_pem = roots;
@@ -360,7 +332,7 @@ async fn capture_everything() -> anyhow::Result<BTreeMap<(String, String), Value
         stub: StubIdp::start().await?,
         receiver: WebhookReceiver::start(KeySource::None).await?,
         receiver2: WebhookReceiver::start(KeySource::None).await?,
-        vendor: Vendor::new(),
+        vendor: Vendor::new(KEY_ID),
         op: None,
         captured: BTreeMap::new(),
     };

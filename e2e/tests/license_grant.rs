@@ -5,9 +5,9 @@
 
 mod common;
 
-use base64::Engine;
 use chrono::{SecondsFormat, Utc};
 use common::approvals::{APPROVERS, EDITORS, GITOPS};
+use common::vendor::Vendor;
 use common::{status_has, wait_for};
 use countersign_crds::{LicenseGrant, Tenant};
 use countersign_e2e::{ControlPlane, unique_name};
@@ -15,8 +15,6 @@ use countersign_operator::controller::Licensing;
 use countersign_operator::run::Running;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
-use ring::rand::SystemRandom;
-use ring::signature::{Ed25519KeyPair, KeyPair};
 use serde_json::{Value, json};
 use sqlx::{PgPool, Row};
 use std::collections::BTreeMap;
@@ -29,42 +27,6 @@ const VENDOR: &str = "Exaion";
 const OPERATOR: &str = "Example Operator";
 /// The key ID the operator trusts.
 const KEY_ID: &str = "exaion-2027";
-
-/// A license vendor with a throwaway key.
-struct Vendor {
-    key_id: String,
-    pair: Ed25519KeyPair,
-}
-
-impl Vendor {
-    fn new(key_id: &str) -> Self {
-        let pkcs8 = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).expect("key generation");
-        Self {
-            key_id: key_id.into(),
-            pair: Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).expect("generated key parses"),
-        }
-    }
-
-    fn public_key(&self) -> Vec<u8> {
-        self.pair.public_key().as_ref().to_vec()
-    }
-
-    /// Signs a spec as the README tells vendors to, independently of the
-    /// operator's code: the spec without `signature`, `addendumOf` and
-    /// `revokes` null when absent, plus `format`, as sorted compact JSON.
-    fn sign(&self, spec: &mut Value) {
-        let mut doc = spec.as_object().cloned().expect("spec is an object");
-        doc.remove("signature");
-        for optional in ["addendumOf", "revokes"] {
-            doc.entry(optional).or_insert(Value::Null);
-        }
-        doc.insert("format".into(), json!("countersign.dev/license-grant/v1"));
-        // serde_json's Map is a BTreeMap here: keys come out sorted.
-        let bytes = serde_json::to_vec(&Value::Object(doc)).expect("encodes");
-        let value = base64::engine::general_purpose::STANDARD.encode(self.pair.sign(&bytes).as_ref());
-        spec["signature"] = json!({"keyId": self.key_id, "value": value});
-    }
-}
 
 fn at(offset: chrono::Duration) -> String {
     (Utc::now() + offset).to_rfc3339_opts(SecondsFormat::Secs, true)

@@ -5,6 +5,7 @@
 
 pub mod approvals;
 pub mod secrets;
+pub mod vendor;
 
 use anyhow::{Context as _, anyhow};
 use countersign_crds::{ResourceStatus, Tenant};
