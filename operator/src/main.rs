@@ -54,9 +54,21 @@ enum DatabaseCommand {
         /// This instance's name (e.g. the pod name), shown on events.
         #[arg(long, env = "POD_NAME")]
         instance: Option<String>,
-        /// Seconds between drift checks of settled objects against the database.
-        #[arg(long, env = "COUNTERSIGN_RESYNC_SECONDS", default_value_t = 300)]
+        /// Seconds between looks at settled objects, a safety net behind the
+        /// watches and the database's change notifications (spread by ±10%).
+        #[arg(long, env = "COUNTERSIGN_RESYNC_SECONDS", default_value_t = 3600)]
         resync_seconds: u64,
+        /// How many reconciles run at once, across every kind. Each holds at
+        /// most one database connection, so the pool must be larger.
+        #[arg(long, env = "COUNTERSIGN_MAX_CONCURRENT_RECONCILES",
+              default_value_t = countersign_operator::run::DEFAULT_MAX_CONCURRENT_RECONCILES,
+              value_parser = clap::value_parser!(u16).range(1..))]
+        max_concurrent_reconciles: u16,
+        /// Connections in the database pool; at least
+        /// `--max-concurrent-reconciles` + 2 (the drift listener and the
+        /// audit anchor hold one each). Default: exactly that.
+        #[arg(long, env = "COUNTERSIGN_DATABASE_POOL_SIZE")]
+        database_pool_size: Option<u32>,
         /// Run the controllers only while holding the leader lease, so several
         /// replicas can run with one active.
         #[arg(long, env = "COUNTERSIGN_LEADER_ELECT")]
@@ -284,6 +296,8 @@ async fn with_database(database_url: Option<String>, command: DatabaseCommand) -
             actor,
             instance,
             resync_seconds,
+            max_concurrent_reconciles,
+            database_pool_size,
             leader_elect,
             leader_election_namespace,
             lease_name,
@@ -378,12 +392,29 @@ async fn with_database(database_url: Option<String>, command: DatabaseCommand) -
                         username_prefixes: username_prefix,
                     },
                     audit_anchor,
+                    max_concurrent_reconciles,
+                    database_pool_size: pool_size(max_concurrent_reconciles, database_pool_size)?,
                 },
             )
             .await?;
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The operator's pool size: `--database-pool-size`, or by default one
+/// connection per reconcile slot plus one for the row-change listener and one
+/// for the rest. A smaller pool would make a burst of reconciles time out on
+/// the pool and report the database unavailable when it is not.
+fn pool_size(max_concurrent_reconciles: u16, requested: Option<u32>) -> anyhow::Result<u32> {
+    let needed = u32::from(max_concurrent_reconciles) + 2;
+    let size = requested.unwrap_or(needed);
+    anyhow::ensure!(
+        size >= needed,
+        "--database-pool-size {size} is too small for --max-concurrent-reconciles {max_concurrent_reconciles}: \
+         it needs at least {needed} (one connection per reconcile, one for the row-change listener, one for the rest)"
+    );
+    Ok(size)
 }
 
 /// The system trust store behind every outbound HTTPS call (the same loader as

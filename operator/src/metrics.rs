@@ -25,6 +25,15 @@ pub struct ErrorLabels {
     pub reason: String,
 }
 
+/// Labels of the objects gauge.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ObjectLabels {
+    /// The kind.
+    pub kind: String,
+    /// Ready, NotReady, Stalled or Unknown.
+    pub state: String,
+}
+
 /// Labels of the duration histogram.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabels {
@@ -46,6 +55,22 @@ pub struct Metrics {
     pub leader: Gauge,
     /// countersign_pending_approvals: objects with a change awaiting approval.
     pub pending_approvals: Gauge,
+    /// countersign_reconciles_in_flight: reconciles running now.
+    pub reconciles_in_flight: Gauge,
+    /// countersign_reconciles_waiting: reconciles waiting for a slot
+    /// (`--max-concurrent-reconciles`).
+    pub reconciles_waiting: Gauge,
+    /// countersign_row_change_listener_connected: 1 while the operator hears
+    /// of database edits as they happen.
+    pub row_change_listener_connected: Gauge,
+    /// countersign_objects: objects per kind by what their status says.
+    pub objects: Family<ObjectLabels, Gauge>,
+    /// countersign_drift_corrections_total: rows edited behind the
+    /// operator's back and restored, by kind.
+    pub drift_corrections: Family<KindLabels, Counter>,
+    /// countersign_last_full_resync_timestamp_seconds: when every object was
+    /// last queued for a look at once (start-up, a listener reconnect).
+    pub last_full_resync: Gauge,
 }
 
 impl Default for Metrics {
@@ -79,6 +104,42 @@ impl Default for Metrics {
             "1 while this instance leads and runs the controllers",
             leader.clone(),
         );
+        let reconciles_in_flight = Gauge::default();
+        registry.register(
+            "reconciles_in_flight",
+            "Reconciles running now, across every controller",
+            reconciles_in_flight.clone(),
+        );
+        let reconciles_waiting = Gauge::default();
+        registry.register(
+            "reconciles_waiting",
+            "Reconciles waiting for one of the --max-concurrent-reconciles slots",
+            reconciles_waiting.clone(),
+        );
+        let row_change_listener_connected = Gauge::default();
+        registry.register(
+            "row_change_listener_connected",
+            "1 while the database's row-change notifications reach the operator, 0 while they do not",
+            row_change_listener_connected.clone(),
+        );
+        let objects = Family::<ObjectLabels, Gauge>::default();
+        registry.register(
+            "objects",
+            "Objects per kind by state: Ready, NotReady, Stalled (waits for a person), Unknown",
+            objects.clone(),
+        );
+        let drift_corrections = Family::<KindLabels, Counter>::default();
+        registry.register(
+            "drift_corrections",
+            "Managed rows found edited outside Countersign and restored, by kind",
+            drift_corrections.clone(),
+        );
+        let last_full_resync = Gauge::default();
+        registry.register(
+            "last_full_resync_timestamp_seconds",
+            "Unix time at which every object was last queued for a look at once",
+            last_full_resync.clone(),
+        );
         Self {
             registry,
             reconciles,
@@ -86,11 +147,22 @@ impl Default for Metrics {
             duration,
             leader,
             pending_approvals,
+            reconciles_in_flight,
+            reconciles_waiting,
+            row_change_listener_connected,
+            objects,
+            drift_corrections,
+            last_full_resync,
         }
     }
 }
 
 impl Metrics {
+    /// Records that every object was just queued for a look.
+    pub fn mark_full_resync(&self) {
+        self.last_full_resync.set(chrono::Utc::now().timestamp());
+    }
+
     /// Renders the OpenMetrics text exposition.
     pub fn render(&self) -> String {
         let mut out = String::new();

@@ -1,16 +1,15 @@
 //! Starting and stopping the operator.
 
 use crate::Error;
+use crate::controller::watches::{Changes, Feeds};
 use crate::controller::{self, Context, FIELD_MANAGER};
 use crate::health::{self, Readiness};
 use crate::metrics::Metrics;
-use countersign_crds::ApprovalPolicy;
 use futures::StreamExt;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::Client;
 use kube::api::Api;
 use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube_lease_manager::LeaseManagerBuilder;
 use sqlx::PgPool;
 use std::net::SocketAddr;
@@ -49,7 +48,16 @@ pub struct RunOptions {
     /// Where the audit chain's head is anchored; None keeps no anchor, and
     /// then a truncated log goes unnoticed.
     pub audit_anchor: Option<crate::audit_anchor::AnchorTarget>,
+    /// How many reconciles may run at once across every controller.
+    pub max_concurrent_reconciles: u16,
+    /// Connections in the operator's own database pool (at least
+    /// `max_concurrent_reconciles` + 2: the row-change listener and the
+    /// audit anchor hold one each).
+    pub database_pool_size: u32,
 }
+
+/// The default of `--max-concurrent-reconciles`.
+pub const DEFAULT_MAX_CONCURRENT_RECONCILES: u16 = 16;
 
 /// Where and as whom to take part in leader election.
 #[derive(Clone, Debug)]
@@ -143,6 +151,9 @@ pub async fn check_crds(client: &Client) -> Result<(), Error> {
 /// instance leads (or at once without leader election), the controllers.
 pub async fn start(client: Client, pool: PgPool, options: RunOptions) -> Result<Running, Error> {
     countersign_reconcilers::db::check_schema(&pool).await?;
+    // The operator's writes go through a pool of its own, marked so that the
+    // database's change notifications do not echo them back.
+    let pool = countersign_reconcilers::db::operator_pool(&pool, options.database_pool_size);
     check_crds(&client).await?;
     let metrics = Arc::new(Metrics::default());
     let ready = Arc::new(Readiness::default());
@@ -171,43 +182,17 @@ pub async fn start(client: Client, pool: PgPool, options: RunOptions) -> Result<
         ),
         None => None,
     };
-    // ApprovalPolicies are read from a watched cache; every change to them is
-    // also a reason to look at all waiting changes again.
-    let (policies, policy_writer) = reflector::store();
-    // One counter, watched by every controller: each change is "look at all
-    // your objects again", and changes that arrive together coalesce.
+    // One watch per kind, shared by the controllers; they run only while
+    // this instance leads, so a standby holds no cache. ApprovalPolicies are
+    // read from their cache; every change to one is also a reason to look at
+    // waiting changes again.
+    let mut feeds = Feeds::new(&client, options.selector.as_deref());
+    let policies = feeds.approval_policies.store();
+    let policy_events = feeds.approval_policies.subscribe(Changes::Declared);
+    // Bumped whenever the rule may have changed; the fan-out tells the kinds
+    // whose rules did, and changes that arrive together coalesce.
     let (policy_tx, policy_rx) = watch::channel(0u64);
     let policy_tx = Arc::new(policy_tx);
-    let policy_watch = tokio::spawn({
-        let policy_tx = policy_tx.clone();
-        let stream = reflector(
-            policy_writer,
-            watcher(Api::<ApprovalPolicy>::all(client.clone()), Default::default()),
-        )
-        .default_backoff()
-        .touched_objects();
-        let wait = wait_stop();
-        async move {
-            tokio::pin!(stream);
-            tokio::pin!(wait);
-            loop {
-                tokio::select! {
-                    _ = &mut wait => break,
-                    event = stream.next() => match event {
-                        Some(Ok(_)) => policy_tx.send_modify(|n| *n = n.wrapping_add(1)),
-                        Some(Err(e)) => tracing::warn!(error = %e, "ApprovalPolicy watch error"),
-                        None => break,
-                    },
-                }
-            }
-        }
-    });
-    let policy_changed = move || {
-        futures::stream::unfold(policy_rx.clone(), |mut rx| async move {
-            rx.changed().await.ok()?;
-            Some(((), rx))
-        })
-    };
     let outbound = countersign_reconcilers::outbound::OutboundClient::new(options.outbound.clone())
         .map_err(|e| Error::Startup(format!("outbound policy: {e}")))?;
     let ctx = Arc::new(Context {
@@ -228,21 +213,23 @@ pub async fn start(client: Client, pool: PgPool, options: RunOptions) -> Result<
         ),
         resync: options.resync,
         pending: Default::default(),
+        object_states: Default::default(),
         policies,
         in_force: Default::default(),
         policy_changes: policy_tx,
+        policy_fan_out: Default::default(),
         providers_removed: Arc::new(watch::channel(0u64).0),
         secret_key: options.secret_key.clone(),
         outbound: Some(outbound),
         licensing: Arc::new(options.licensing.clone()),
         rule: options.rule.clone(),
+        reconcile_slots: controller::ReconcileSlots::new(options.max_concurrent_reconciles),
     });
     let server_task = tokio::spawn(async move {
         if let Err(e) = server.await {
             tracing::error!(error = %e, "health server failed");
         }
     });
-    let selector = options.selector.clone();
     let anchor = options.audit_anchor.clone();
     let controllers = {
         let stop = stop.clone();
@@ -260,33 +247,111 @@ pub async fn start(client: Client, pool: PgPool, options: RunOptions) -> Result<
                     Some((leading, lease_task))
                 }
             };
-            // Until the first list of ApprovalPolicies has arrived an empty cache
-            // would read as "no policy" and let changes through unapproved. One
-            // waiter only: the store's readiness signal wakes a single task.
-            if ctx.policies.wait_until_ready().await.is_err() {
-                tracing::error!("the ApprovalPolicy watch stopped before its first list");
-                let _ = stop.send(true);
-                return;
-            }
-            // What is in force lives in the database; until it is read, no
-            // controller may decide anything.
-            loop {
-                match countersign_reconcilers::approval_policy::load(&ctx.pool).await {
-                    Ok(all) => {
-                        ctx.in_force.replace(all);
-                        break;
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot read the ApprovalPolicies in force; retrying");
-                        tokio::select! {
-                            _ = wait_stop() => return,
-                            _ = tokio::time::sleep(std::time::Duration::from_secs(2)) => {}
+            let rules_changed = |kind| ctx.policy_fan_out.subscribe(kind);
+            let controllers = futures::future::join_all([
+                controller::tenant::run(
+                    ctx.clone(),
+                    &mut feeds,
+                    rules_changed(countersign_reconcilers::tenant::KIND),
+                    wait_stop(),
+                ),
+                controller::identity_provider::run(
+                    ctx.clone(),
+                    &mut feeds,
+                    rules_changed(countersign_reconcilers::identity_provider::KIND),
+                    wait_stop(),
+                ),
+                controller::group_mapping::run(
+                    ctx.clone(),
+                    &mut feeds,
+                    rules_changed(countersign_reconcilers::group_mapping::KIND),
+                    wait_stop(),
+                ),
+                controller::webhook_subscription::run(
+                    ctx.clone(),
+                    &mut feeds,
+                    rules_changed(countersign_reconcilers::webhook_subscription::KIND),
+                    wait_stop(),
+                ),
+                controller::fronting_link::run(
+                    ctx.clone(),
+                    &mut feeds,
+                    rules_changed(countersign_reconcilers::fronting_link::KIND),
+                    wait_stop(),
+                ),
+                controller::license_grant::run(
+                    ctx.clone(),
+                    &mut feeds,
+                    rules_changed(countersign_reconcilers::license_grant::KIND),
+                    wait_stop(),
+                ),
+                controller::approval_policy::run(ctx.clone(), &mut feeds, wait_stop()),
+            ]);
+            let policy_notifier = {
+                let policy_tx = ctx.policy_changes.clone();
+                policy_events.for_each(move |_| {
+                    policy_tx.send_modify(|n| *n = n.wrapping_add(1));
+                    futures::future::ready(())
+                })
+            };
+            let start_controllers = async {
+                // Until the first list of ApprovalPolicies has arrived an
+                // empty cache would read as "no policy" and let changes
+                // through unapproved.
+                if ctx.policies.wait_until_ready().await.is_err() {
+                    tracing::error!("the ApprovalPolicy watch stopped before its first list");
+                    let _ = stop.send(true);
+                    return;
+                }
+                // What is in force lives in the database; until it is read, no
+                // controller may decide anything.
+                loop {
+                    match countersign_reconcilers::approval_policy::load(&ctx.pool).await {
+                        Ok(all) => {
+                            ctx.in_force.replace(all);
+                            break;
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot read the ApprovalPolicies in force; retrying");
+                            tokio::select! {
+                                _ = wait_stop() => return,
+                                _ = tokio::time::sleep(std::time::Duration::from_secs(2)) => {}
+                            }
                         }
                     }
                 }
-            }
-            metrics.leader.set(1);
-            tracing::info!("leading: starting controllers");
+                // From here on, each change of what is in force or declared
+                // is compared with this, kind by kind.
+                ctx.policy_fan_out.rules_may_have_changed(&ctx);
+                let fan_out = async {
+                    let mut changes = policy_rx.clone();
+                    tokio::select! {
+                        _ = async {
+                            while changes.changed().await.is_ok() {
+                                ctx.policy_fan_out.rules_may_have_changed(&ctx);
+                            }
+                        } => {}
+                        _ = wait_stop() => {}
+                    }
+                };
+                metrics.leader.set(1);
+                // Each controller's first list looks at every object.
+                metrics.mark_full_resync();
+                tracing::info!("leading: starting controllers");
+                futures::join!(controllers, fan_out, async {
+                    // Only the leader writes entries, so only it moves their anchor.
+                    if let Some(target) = anchor {
+                        crate::audit_anchor::keep(
+                            ctx.client.clone(),
+                            ctx.pool.clone(),
+                            ctx.actor.key().clone(),
+                            target,
+                            wait_stop(),
+                        )
+                        .await;
+                    }
+                });
+            };
             let lost = async {
                 match &mut leading {
                     Some((rx, _)) => {
@@ -297,26 +362,9 @@ pub async fn start(client: Client, pool: PgPool, options: RunOptions) -> Result<
             };
             let controller = async {
                 futures::join!(
-                    controller::tenant::run(ctx.clone(), selector.clone(), policy_changed(), wait_stop()),
-                    controller::identity_provider::run(ctx.clone(), selector.clone(), policy_changed(), wait_stop()),
-                    controller::group_mapping::run(ctx.clone(), selector.clone(), policy_changed(), wait_stop()),
-                    controller::webhook_subscription::run(ctx.clone(), selector.clone(), policy_changed(), wait_stop()),
-                    controller::fronting_link::run(ctx.clone(), selector.clone(), policy_changed(), wait_stop()),
-                    controller::license_grant::run(ctx.clone(), selector, policy_changed(), wait_stop()),
-                    controller::approval_policy::run(ctx.clone(), wait_stop()),
-                    async {
-                        // Only the leader writes entries, so only it moves their anchor.
-                        if let Some(target) = anchor {
-                            crate::audit_anchor::keep(
-                                ctx.client.clone(),
-                                ctx.pool.clone(),
-                                ctx.actor.key().clone(),
-                                target,
-                                wait_stop(),
-                            )
-                            .await;
-                        }
-                    },
+                    feeds.run(ctx.pool.clone(), metrics.clone(), wait_stop.clone()),
+                    policy_notifier,
+                    start_controllers
                 );
             };
             tokio::pin!(controller);
@@ -336,7 +384,7 @@ pub async fn start(client: Client, pool: PgPool, options: RunOptions) -> Result<
             }
         }
     };
-    let tasks = vec![server_task, tokio::spawn(controllers), policy_watch];
+    let tasks = vec![server_task, tokio::spawn(controllers)];
     ready.set(true);
     tracing::info!(%health_addr, "countersign operator started");
     Ok(Running {

@@ -296,6 +296,7 @@ pub async fn reconcile(
             requeue_after: None,
             pending_digest: Some(None),
             drop_conditions: Vec::new(),
+            drift_corrected: Vec::new(),
         };
         Report {
             outcome: report::with_approval(outcome, approver, true, &digest),

@@ -11,14 +11,32 @@ use uuid::Uuid;
 /// The schema migrations this build carries (reconcilers/migrations).
 pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
 
-/// Opens a pool that fails fast when the database is away, so a reconcile
-/// reports `DatabaseUnavailable` instead of hanging.
+/// The setting the operator's own connections carry: the schema's change
+/// notifications skip writes made under it (an operator write is not drift).
+pub const ORIGIN_SETTING: (&str, &str) = ("countersign.origin", "operator");
+
+/// Opens a small pool for tools and start-up checks that fails fast when the
+/// database is away (see [`operator_pool`] for the one reconciles use).
 pub async fn connect(url: &str) -> Result<PgPool, sqlx::Error> {
     let options = PgConnectOptions::from_str(url)?.application_name("countersign");
-    Ok(PgPoolOptions::new()
-        .max_connections(8)
+    Ok(pool_options(8).connect_lazy_with(options))
+}
+
+/// The operator's own pool of `size` connections to the database `from`
+/// connects to, marked with [`ORIGIN_SETTING`] so the operator does not hear
+/// of its own writes. It fails fast when the database is away, so a reconcile
+/// reports `DatabaseUnavailable` instead of hanging, and does not ping a
+/// connection before each use (a round trip per query): a dead one fails its
+/// query and the reconcile is retried on a fresh one.
+pub fn operator_pool(from: &PgPool, size: u32) -> PgPool {
+    let options = from.connect_options().as_ref().clone().options([ORIGIN_SETTING]);
+    pool_options(size).test_before_acquire(false).connect_lazy_with(options)
+}
+
+fn pool_options(size: u32) -> PgPoolOptions {
+    PgPoolOptions::new()
+        .max_connections(size.max(1))
         .acquire_timeout(Duration::from_secs(5))
-        .connect_lazy_with(options))
 }
 
 /// Applies every pending migration.

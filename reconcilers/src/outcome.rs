@@ -38,6 +38,10 @@ pub struct Outcome {
     pub pending_digest: Option<Option<String>>,
     /// Condition types that no longer apply (e.g. Approved once no policy covers the object).
     pub drop_conditions: Vec<&'static str>,
+    /// The columns of the managed row this pass found edited behind the
+    /// operator's back and restored (empty when nothing drifted). Names of
+    /// columns, never their values.
+    pub drift_corrected: Vec<&'static str>,
 }
 
 impl Outcome {
@@ -88,6 +92,7 @@ mod tests {
             requeue_after: None,
             pending_digest: None,
             drop_conditions: Vec::new(),
+            drift_corrected: Vec::new(),
         }
     }
 

@@ -62,6 +62,7 @@ pub fn live(subject: &str, database_id: String, digest: &str) -> Outcome {
         requeue_after: None,
         pending_digest: Some(None),
         drop_conditions: Vec::new(),
+        drift_corrected: Vec::new(),
     }
 }
 
@@ -80,6 +81,7 @@ pub fn waiting(reason: &'static str, message: String) -> Outcome {
         // The gate was not reached: no digest of this spec awaits approval.
         pending_digest: Some(None),
         drop_conditions: Vec::new(),
+        drift_corrected: Vec::new(),
     }
 }
 
@@ -116,6 +118,7 @@ fn not_live(reason: &'static str, message: String, synced: DesiredCondition, liv
         // The gate was not reached: no digest of this spec awaits approval.
         pending_digest: Some(None),
         drop_conditions: Vec::new(),
+        drift_corrected: Vec::new(),
     }
 }
 
@@ -160,6 +163,7 @@ pub fn unavailable(error: &crate::Error) -> Outcome {
         requeue_after: None,
         pending_digest: None,
         drop_conditions: Vec::new(),
+        drift_corrected: Vec::new(),
     }
 }
 
@@ -216,6 +220,7 @@ pub fn held(
         requeue_after: approval::recheck_after(decision, open_until, chrono::Utc::now()),
         pending_digest: Some(Some(digest.to_string())),
         drop_conditions: Vec::new(),
+        drift_corrected: Vec::new(),
     }
 }
 

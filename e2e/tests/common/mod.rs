@@ -269,6 +269,8 @@ pub async fn operator_authenticated_as(
         licensing: Default::default(),
         rule: Default::default(),
         audit_anchor: None,
+        max_concurrent_reconciles: countersign_operator::run::DEFAULT_MAX_CONCURRENT_RECONCILES,
+        database_pool_size: u32::from(countersign_operator::run::DEFAULT_MAX_CONCURRENT_RECONCILES) + 2,
     };
     adjust(&mut options);
     Ok(start(client.clone(), pool.clone(), options).await?)

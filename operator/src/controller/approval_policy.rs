@@ -6,7 +6,8 @@
 //! makes them look at all their objects again.
 
 use super::Context;
-use super::shell::{self, Reconciled};
+use super::shell::{self, Pass, Reconciled};
+use super::watches::{Changes, Feeds};
 use crate::Error;
 use countersign_crds::approval_policy::{ApprovalPolicy, ApprovalPolicyStatus};
 use countersign_reconcilers::Outcome;
@@ -16,13 +17,9 @@ use countersign_reconcilers::report::DeletionGate;
 use kube::ResourceExt;
 use kube::api::Api;
 use kube::runtime::controller::{Config, Controller};
-use kube::runtime::watcher;
 use std::sync::Arc;
-use std::time::Duration;
 
 impl Reconciled for ApprovalPolicy {
-    const KIND: &'static str = pipeline::KIND;
-
     fn api(&self, client: kube::Client) -> Api<Self> {
         Api::all(client)
     }
@@ -32,7 +29,7 @@ impl Reconciled for ApprovalPolicy {
         ctx: &Context,
         approvals: &Inputs,
         now: &str,
-    ) -> Result<(ApprovalPolicyStatus, Option<Duration>), Error> {
+    ) -> Result<Pass<ApprovalPolicyStatus>, Error> {
         let in_force = ctx.in_force.snapshot();
         let report = pipeline::reconcile(self, &ctx.pool, &ctx.actor, approvals, &in_force).await?;
         if report.changed {
@@ -47,7 +44,7 @@ impl Reconciled for ApprovalPolicy {
             in_force: report.in_force,
             loosening: report.loosening,
         };
-        Ok((status, report.outcome.requeue_after))
+        Ok(Pass::new(status, &report.outcome))
     }
 
     async fn deletion_gate(&self, ctx: &Context, approvals: &Inputs) -> Result<DeletionGate, Error> {
@@ -63,17 +60,24 @@ impl Reconciled for ApprovalPolicy {
     }
 }
 
-/// Runs the ApprovalPolicy controller until `shutdown` resolves. One policy
-/// at a time: each plan compares against everything in force.
-pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static) {
-    let api: Api<ApprovalPolicy> = Api::all(ctx.client.clone());
-    let controller = Controller::new(api, watcher::Config::default().any_semantic())
-        .with_config(Config::default().concurrency(1))
-        .graceful_shutdown_on(shutdown)
-        .run(
-            shell::reconcile::<ApprovalPolicy>,
-            shell::error_policy::<ApprovalPolicy>,
-            ctx,
-        );
-    shell::drain(controller).await;
+/// The ApprovalPolicy controller, fed by the shared watch; runs until
+/// `shutdown` resolves. One policy at a time: each plan compares against
+/// everything in force.
+pub fn run(
+    ctx: Arc<Context>,
+    feeds: &mut Feeds,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) -> futures::future::BoxFuture<'static, ()> {
+    let controller = Controller::for_shared_stream(
+        feeds.approval_policies.subscribe(Changes::Declared),
+        feeds.approval_policies.store(),
+    )
+    .with_config(Config::default().concurrency(1))
+    .graceful_shutdown_on(shutdown)
+    .run(
+        shell::reconcile::<ApprovalPolicy>,
+        shell::error_policy::<ApprovalPolicy>,
+        ctx,
+    );
+    Box::pin(shell::drain(controller))
 }

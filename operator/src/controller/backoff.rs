@@ -27,14 +27,18 @@ impl Backoff {
             *n = n.saturating_add(1);
             *n
         };
-        let ceiling = delay_ceiling(attempt);
-        ceiling.mul_f64(rand::rng().random_range(0.5..=1.0))
+        jittered(delay_ceiling(attempt))
     }
 
     /// Forgets an object's failures after a success.
     pub fn reset(&self, key: &str) {
         self.failures.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
     }
+}
+
+/// `ceiling` scaled by a random factor in [0.5, 1.0].
+pub fn jittered(ceiling: Duration) -> Duration {
+    ceiling.mul_f64(rand::rng().random_range(0.5..=1.0))
 }
 
 /// The un-jittered delay for the n-th consecutive failure (n ≥ 1).

@@ -1,8 +1,11 @@
 //! The FrontingLink controller. Platform resources live only in the
-//! database, which has no watch: links are looked at again on resync.
+//! database: any change to one makes every link look again (the database's
+//! row-change notifications), and so does the periodic resync.
 
 use super::Context;
-use super::shell::{self, Reconciled};
+use super::policy_fan_out::paced;
+use super::shell::{self, Pass, Reconciled};
+use super::watches::{Changes, Feeds};
 use crate::Error;
 use countersign_crds::{FrontingLink, ResourceStatus};
 use countersign_reconcilers::Outcome;
@@ -12,24 +15,16 @@ use countersign_reconcilers::report::DeletionGate;
 use kube::api::Api;
 use kube::runtime::controller::Controller;
 use std::sync::Arc;
-use std::time::Duration;
 
 impl Reconciled for FrontingLink {
-    const KIND: &'static str = pipeline::KIND;
-
     fn api(&self, client: kube::Client) -> Api<Self> {
         Api::all(client)
     }
 
-    async fn reconcile(
-        &self,
-        ctx: &Context,
-        approvals: &Inputs,
-        now: &str,
-    ) -> Result<(ResourceStatus, Option<Duration>), Error> {
+    async fn reconcile(&self, ctx: &Context, approvals: &Inputs, now: &str) -> Result<Pass<ResourceStatus>, Error> {
         let outcome = pipeline::reconcile(self, &ctx.pool, &ctx.actor, approvals).await?;
         let status = outcome.status(self.status.as_ref(), self.metadata.generation, now);
-        Ok((status, outcome.requeue_after))
+        Ok(Pass::new(status, &outcome))
     }
 
     async fn deletion_gate(&self, ctx: &Context, approvals: &Inputs) -> Result<DeletionGate, Error> {
@@ -42,21 +37,28 @@ impl Reconciled for FrontingLink {
     }
 }
 
-/// Runs the FrontingLink controller until `shutdown` resolves.
-pub async fn run(
+/// The FrontingLink controller, fed by the shared FrontingLink watch; runs
+/// until `shutdown` resolves.
+pub fn run(
     ctx: Arc<Context>,
-    selector: Option<String>,
+    feeds: &mut Feeds,
     policy_changed: impl futures::Stream<Item = ()> + Send + 'static,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
-) {
-    let api: Api<FrontingLink> = Api::all(ctx.client.clone());
-    let controller = Controller::new(api, super::watch_config(selector.as_deref()))
-        .reconcile_all_on(policy_changed)
+) -> futures::future::BoxFuture<'static, ()> {
+    let rows = feeds.row_changes.subscribe::<FrontingLink>(pipeline::KIND);
+    let store = feeds.fronting_links.store();
+    let controller = Controller::for_shared_stream(feeds.fronting_links.subscribe(Changes::Declared), store.clone())
+        .with_config(ctx.controller_config())
+        // Its row edited in the database: look at it now. Every object once
+        // the notifications may have missed some.
+        .reconcile_on(rows.objects)
+        .reconcile_on(paced(store.clone(), rows.everything))
+        .reconcile_on(paced(store, policy_changed))
         .graceful_shutdown_on(shutdown)
         .run(
             shell::reconcile::<FrontingLink>,
             shell::error_policy::<FrontingLink>,
             ctx,
         );
-    shell::drain(controller).await;
+    Box::pin(shell::drain(controller))
 }

@@ -1,9 +1,11 @@
 //! The GroupMapping controller: re-reconciles when its IdentityProvider changes.
 
 use super::Context;
-use super::shell::{self, Reconciled};
+use super::policy_fan_out::paced;
+use super::shell::{self, Pass, Reconciled};
+use super::watches::{Changes, Feeds};
 use crate::Error;
-use countersign_crds::{GroupMapping, IdentityProvider, ResourceStatus};
+use countersign_crds::{GroupMapping, ResourceStatus};
 use countersign_reconcilers::Outcome;
 use countersign_reconcilers::approval::{ApprovedChange, Inputs};
 use countersign_reconcilers::group_mapping as pipeline;
@@ -13,21 +15,13 @@ use kube::api::Api;
 use kube::runtime::controller::Controller;
 use kube::runtime::reflector::ObjectRef;
 use std::sync::Arc;
-use std::time::Duration;
 
 impl Reconciled for GroupMapping {
-    const KIND: &'static str = pipeline::KIND;
-
     fn api(&self, client: kube::Client) -> Api<Self> {
         Api::namespaced(client, &self.namespace().unwrap_or_default())
     }
 
-    async fn reconcile(
-        &self,
-        ctx: &Context,
-        approvals: &Inputs,
-        now: &str,
-    ) -> Result<(ResourceStatus, Option<Duration>), Error> {
+    async fn reconcile(&self, ctx: &Context, approvals: &Inputs, now: &str) -> Result<Pass<ResourceStatus>, Error> {
         let outcome = pipeline::reconcile(
             self,
             &ctx.pool,
@@ -37,7 +31,7 @@ impl Reconciled for GroupMapping {
         )
         .await?;
         let status = outcome.status(self.status.as_ref(), self.metadata.generation, now);
-        Ok((status, outcome.requeue_after))
+        Ok(Pass::new(status, &outcome))
     }
 
     async fn deletion_gate(&self, ctx: &Context, approvals: &Inputs) -> Result<DeletionGate, Error> {
@@ -50,31 +44,36 @@ impl Reconciled for GroupMapping {
     }
 }
 
-/// Runs the GroupMapping controller until `shutdown` resolves.
-pub async fn run(
+/// The GroupMapping controller, fed by the shared watches; runs until
+/// `shutdown` resolves.
+pub fn run(
     ctx: Arc<Context>,
-    selector: Option<String>,
+    feeds: &mut Feeds,
     policy_changed: impl futures::Stream<Item = ()> + Send + 'static,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
-) {
-    let client = ctx.client.clone();
-    let config = super::watch_config(selector.as_deref());
-    let controller = Controller::new(Api::<GroupMapping>::all(client.clone()), config.clone());
-    let store = controller.store();
+) -> futures::future::BoxFuture<'static, ()> {
+    let store = feeds.group_mappings.store();
+    let by_provider = store.clone();
     let providers_removed = futures::stream::unfold(ctx.providers_removed.subscribe(), |mut rx| async move {
         rx.changed().await.ok()?;
         Some(((), rx))
     });
-    let controller = controller
-        .reconcile_all_on(policy_changed)
+    let rows = feeds.row_changes.subscribe::<GroupMapping>(pipeline::KIND);
+    let controller = Controller::for_shared_stream(feeds.group_mappings.subscribe(Changes::Declared), store.clone())
+        .with_config(ctx.controller_config())
+        // Its row edited in the database: look at it now. Every object once
+        // the notifications may have missed some.
+        .reconcile_on(rows.objects)
+        .reconcile_on(paced(store.clone(), rows.everything))
+        .reconcile_on(paced(store, policy_changed))
         // A removed provider's mappings are looked at once its removal has
         // committed (a rare event: one pass of reads, no writes for the rest).
         .reconcile_all_on(providers_removed)
         // A provider appearing (or going away) decides whether its mappings
         // can be written.
-        .watches(Api::<IdentityProvider>::all(client), config, move |idp| {
+        .watches_shared_stream(feeds.identity_providers.subscribe(Changes::All), move |idp| {
             let (ns, name) = (idp.namespace(), idp.name_any());
-            store
+            by_provider
                 .state()
                 .iter()
                 .filter(|gm| gm.namespace() == ns && gm.spec.identity_provider_ref.name == name)
@@ -87,5 +86,5 @@ pub async fn run(
             shell::error_policy::<GroupMapping>,
             ctx,
         );
-    shell::drain(controller).await;
+    Box::pin(shell::drain(controller))
 }

@@ -3,10 +3,12 @@
 //! the Secret, the Tenant or a GroupMapping referencing the provider changes.
 
 use super::Context;
-use super::shell::{self, Reconciled};
+use super::policy_fan_out::paced;
+use super::shell::{self, Pass, Reconciled};
+use super::watches::{Changes, Feeds};
 use crate::Error;
+use countersign_crds::IdentityProvider;
 use countersign_crds::identity_provider::{IdentityProviderStatus, OidcDiscoveryStatus, SamlMetadataStatus};
-use countersign_crds::{GroupMapping, IdentityProvider, Tenant};
 use countersign_reconcilers::Outcome;
 use countersign_reconcilers::approval::{ApprovedChange, Inputs};
 use countersign_reconcilers::discovery;
@@ -16,12 +18,9 @@ use countersign_reconcilers::report::DeletionGate;
 use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
 use kube::api::Api;
-use kube::core::PartialObjectMeta;
 use kube::runtime::controller::Controller;
 use kube::runtime::reflector::{ObjectRef, Store};
-use kube::runtime::watcher;
 use std::sync::Arc;
-use std::time::Duration;
 
 /// The network checks, through the operator's outbound policy.
 struct Checks<'a>(Option<&'a OutboundClient>);
@@ -71,8 +70,6 @@ async fn client_secret(idp: &IdentityProvider, ctx: &Context) -> Result<ClientSe
 }
 
 impl Reconciled for IdentityProvider {
-    const KIND: &'static str = pipeline::KIND;
-
     fn api(&self, client: kube::Client) -> Api<Self> {
         Api::namespaced(client, &self.namespace().unwrap_or_default())
     }
@@ -82,7 +79,7 @@ impl Reconciled for IdentityProvider {
         ctx: &Context,
         approvals: &Inputs,
         now: &str,
-    ) -> Result<(IdentityProviderStatus, Option<Duration>), Error> {
+    ) -> Result<Pass<IdentityProviderStatus>, Error> {
         let secret = client_secret(self, ctx).await?;
         let checks = Checks(ctx.outbound.as_ref());
         let inputs = pipeline::Inputs {
@@ -93,7 +90,7 @@ impl Reconciled for IdentityProvider {
         };
         let report = pipeline::reconcile(self, &ctx.pool, &ctx.actor, inputs).await?;
         let status = report.status(self.status.as_ref(), self.metadata.generation, now);
-        Ok((status, report.outcome.requeue_after))
+        Ok(Pass::new(status, &report.outcome))
     }
 
     async fn deletion_gate(&self, ctx: &Context, approvals: &Inputs) -> Result<DeletionGate, Error> {
@@ -122,47 +119,49 @@ fn providers(
         .collect()
 }
 
-/// Runs the IdentityProvider controller until `shutdown` resolves.
-pub async fn run(
+/// The IdentityProvider controller, fed by the shared watches; runs until
+/// `shutdown` resolves.
+pub fn run(
     ctx: Arc<Context>,
-    selector: Option<String>,
+    feeds: &mut Feeds,
     policy_changed: impl futures::Stream<Item = ()> + Send + 'static,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
-) {
-    let client = ctx.client.clone();
-    let config = super::watch_config(selector.as_deref());
-    let controller = Controller::new(Api::<IdentityProvider>::all(client.clone()), config.clone());
-    let (by_secret, by_tenant, by_mapping) = (controller.store(), controller.store(), controller.store());
-    let controller = controller
-        .reconcile_all_on(policy_changed)
-        // Secrets are watched by metadata only: the operator learns that a
-        // Secret changed without holding every Secret's data in memory.
-        .watches(
-            Api::<PartialObjectMeta<Secret>>::all(client.clone()),
-            watcher::Config::default().any_semantic(),
-            move |secret| {
+) -> futures::future::BoxFuture<'static, ()> {
+    let store = feeds.identity_providers.store();
+    let (by_secret, by_tenant, by_mapping) = (store.clone(), store.clone(), store.clone());
+    let rows = feeds.row_changes.subscribe::<IdentityProvider>(pipeline::KIND);
+    let controller =
+        Controller::for_shared_stream(feeds.identity_providers.subscribe(Changes::Declared), store.clone())
+            .with_config(ctx.controller_config())
+            // Its row edited in the database: look at it now. Every object once
+            // the notifications may have missed some.
+            .reconcile_on(rows.objects)
+            .reconcile_on(paced(store.clone(), rows.everything))
+            .reconcile_on(paced(store, policy_changed))
+            // Secrets are watched by metadata only: the operator learns that a
+            // Secret changed without holding every Secret's data in memory.
+            .watches_shared_stream(feeds.secrets.subscribe(Changes::All), move |secret| {
                 let (ns, name) = (secret.namespace(), secret.name_any());
                 providers(&by_secret, |idp| {
                     idp.namespace() == ns && idp.spec.oidc.as_ref().is_some_and(|o| o.client_secret.name == name)
                 })
-            },
-        )
-        // A tenant going live, or changing its allowed namespaces, decides
-        // whether waiting or refused providers may proceed.
-        .watches(Api::<Tenant>::all(client.clone()), config.clone(), move |tenant| {
-            let name = tenant.name_any();
-            providers(&by_tenant, |idp| idp.spec.tenant_ref.name == name)
-        })
-        // A mapping going away can release a provider whose deletion waits (InUse).
-        .watches(Api::<GroupMapping>::all(client), config, move |gm| {
-            let (ns, name) = (gm.namespace(), gm.spec.identity_provider_ref.name.clone());
-            providers(&by_mapping, |idp| idp.namespace() == ns && idp.name_any() == name)
-        })
-        .graceful_shutdown_on(shutdown)
-        .run(
-            shell::reconcile::<IdentityProvider>,
-            shell::error_policy::<IdentityProvider>,
-            ctx,
-        );
-    shell::drain(controller).await;
+            })
+            // A tenant going live, or changing its allowed namespaces, decides
+            // whether waiting or refused providers may proceed.
+            .watches_shared_stream(feeds.tenants.subscribe(Changes::All), move |tenant| {
+                let name = tenant.name_any();
+                providers(&by_tenant, |idp| idp.spec.tenant_ref.name == name)
+            })
+            // A mapping going away can release a provider whose deletion waits (InUse).
+            .watches_shared_stream(feeds.group_mappings.subscribe(Changes::All), move |gm| {
+                let (ns, name) = (gm.namespace(), gm.spec.identity_provider_ref.name.clone());
+                providers(&by_mapping, |idp| idp.namespace() == ns && idp.name_any() == name)
+            })
+            .graceful_shutdown_on(shutdown)
+            .run(
+                shell::reconcile::<IdentityProvider>,
+                shell::error_policy::<IdentityProvider>,
+                ctx,
+            );
+    Box::pin(shell::drain(controller))
 }

@@ -3,9 +3,11 @@
 //! looks again by itself when a grant becomes valid or expires.
 
 use super::Context;
-use super::shell::{self, Reconciled};
+use super::policy_fan_out::paced;
+use super::shell::{self, Pass, Reconciled};
+use super::watches::{Changes, Feeds};
 use crate::Error;
-use countersign_crds::{LicenseGrant, ResourceStatus, Tenant};
+use countersign_crds::{LicenseGrant, ResourceStatus};
 use countersign_reconcilers::Outcome;
 use countersign_reconcilers::approval::{ApprovedChange, Inputs};
 use countersign_reconcilers::license_grant::{self as pipeline, Trust};
@@ -15,21 +17,13 @@ use kube::api::Api;
 use kube::runtime::controller::Controller;
 use kube::runtime::reflector::{ObjectRef, Store};
 use std::sync::Arc;
-use std::time::Duration;
 
 impl Reconciled for LicenseGrant {
-    const KIND: &'static str = pipeline::KIND;
-
     fn api(&self, client: kube::Client) -> Api<Self> {
         Api::all(client)
     }
 
-    async fn reconcile(
-        &self,
-        ctx: &Context,
-        approvals: &Inputs,
-        now: &str,
-    ) -> Result<(ResourceStatus, Option<Duration>), Error> {
+    async fn reconcile(&self, ctx: &Context, approvals: &Inputs, now: &str) -> Result<Pass<ResourceStatus>, Error> {
         let licensing = &ctx.licensing;
         let trust = Trust {
             keyring: &licensing.keyring,
@@ -40,7 +34,10 @@ impl Reconciled for LicenseGrant {
         let status = outcome.status(self.status.as_ref(), self.metadata.generation, now);
         // A validity boundary years away is still looked at every resync
         // (drift checks); a near one exactly when it passes.
-        Ok((status, outcome.requeue_after.map(|d| d.min(ctx.resync))))
+        Ok(Pass {
+            requeue_after: outcome.requeue_after.map(|d| d.min(ctx.resync)),
+            ..Pass::new(status, &outcome)
+        })
     }
 
     async fn deletion_gate(&self, ctx: &Context, approvals: &Inputs) -> Result<DeletionGate, Error> {
@@ -78,28 +75,33 @@ fn related(changed: &LicenseGrant, other: &LicenseGrant) -> bool {
         || (o.tenant_ref.name == c.tenant_ref.name && o.license_type == c.license_type)
 }
 
-/// Runs the LicenseGrant controller until `shutdown` resolves.
-pub async fn run(
+/// The LicenseGrant controller, fed by the shared watches; runs until
+/// `shutdown` resolves.
+pub fn run(
     ctx: Arc<Context>,
-    selector: Option<String>,
+    feeds: &mut Feeds,
     policy_changed: impl futures::Stream<Item = ()> + Send + 'static,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
-) {
-    let client = ctx.client.clone();
-    let config = super::watch_config(selector.as_deref());
-    let controller = Controller::new(Api::<LicenseGrant>::all(client.clone()), config.clone());
-    let (by_tenant, by_grant) = (controller.store(), controller.store());
-    let controller = controller
-        .reconcile_all_on(policy_changed)
+) -> futures::future::BoxFuture<'static, ()> {
+    let store = feeds.license_grants.store();
+    let (by_tenant, by_grant) = (store.clone(), store.clone());
+    let rows = feeds.row_changes.subscribe::<LicenseGrant>(pipeline::KIND);
+    let controller = Controller::for_shared_stream(feeds.license_grants.subscribe(Changes::Declared), store.clone())
+        .with_config(ctx.controller_config())
+        // Its row edited in the database: look at it now. Every object once
+        // the notifications may have missed some.
+        .reconcile_on(rows.objects)
+        .reconcile_on(paced(store.clone(), rows.everything))
+        .reconcile_on(paced(store, policy_changed))
         // A tenant going live, or its instance fingerprint changing, decides
         // whether its grants can be imported.
-        .watches(Api::<Tenant>::all(client.clone()), config.clone(), move |tenant| {
+        .watches_shared_stream(feeds.tenants.subscribe(Changes::All), move |tenant| {
             let name = tenant.name_any();
             grants(&by_tenant, |lg| lg.spec.tenant_ref.name == name)
         })
         // An addendum or revocation waits for its grant; a revocation changes
         // what the revoked grant reports; any grant changes its siblings' quota.
-        .watches(Api::<LicenseGrant>::all(client), config, move |changed| {
+        .watches_shared_stream(feeds.license_grants.subscribe(Changes::All), move |changed| {
             grants(&by_grant, |other| {
                 other.metadata.uid != changed.metadata.uid && related(&changed, other)
             })
@@ -110,7 +112,7 @@ pub async fn run(
             shell::error_policy::<LicenseGrant>,
             ctx,
         );
-    shell::drain(controller).await;
+    Box::pin(shell::drain(controller))
 }
 
 #[cfg(test)]

@@ -20,9 +20,6 @@ use std::time::{Duration, Instant};
 
 /// A kind the operator reconciles into the API database.
 pub trait Reconciled: WithStatus + Serialize + Send + Sync + 'static {
-    /// The kind name (metrics, logs).
-    const KIND: &'static str;
-
     /// The API to write this object's status and finalizer through.
     fn api(&self, client: kube::Client) -> Api<Self>;
     /// Runs the pipeline: the new status and when to look again.
@@ -31,7 +28,7 @@ pub trait Reconciled: WithStatus + Serialize + Send + Sync + 'static {
         ctx: &Context,
         approvals: &Inputs,
         now: &str,
-    ) -> impl Future<Output = Result<(Self::Status, Option<Duration>), Error>> + Send;
+    ) -> impl Future<Output = Result<Pass<Self::Status>, Error>> + Send;
     /// Whether a deletion may proceed.
     fn deletion_gate(
         &self,
@@ -44,6 +41,29 @@ pub trait Reconciled: WithStatus + Serialize + Send + Sync + 'static {
         ctx: &Context,
         approved: Option<ApprovedChange>,
     ) -> impl Future<Output = Result<Result<(), Outcome>, Error>> + Send;
+}
+
+/// What one pass of a kind's pipeline leaves: the new status, when to look
+/// again, and what drift it corrected.
+#[derive(Debug)]
+pub struct Pass<S> {
+    /// The status to write.
+    pub status: S,
+    /// Come back after this long (None: the jittered resync).
+    pub requeue_after: Option<Duration>,
+    /// The row's columns found edited behind the operator's back and restored.
+    pub drift_corrected: Vec<&'static str>,
+}
+
+impl<S> Pass<S> {
+    /// The pass that reports `status` for `outcome`.
+    pub fn new(status: S, outcome: &Outcome) -> Self {
+        Self {
+            status,
+            requeue_after: outcome.requeue_after,
+            drift_corrected: outcome.drift_corrected.clone(),
+        }
+    }
 }
 
 /// The status after an outcome that says nothing kind-specific.
@@ -62,6 +82,11 @@ fn now() -> String {
 
 /// One reconcile of any kind.
 pub async fn reconcile<K: Reconciled>(obj: Arc<K>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let _slot = ctx.reconcile_slots.acquire(&ctx.metrics).await;
+    ctx.metrics.reconciles_in_flight.inc();
+    let _in_flight = scopeguard(|| {
+        ctx.metrics.reconciles_in_flight.dec();
+    });
     let started = Instant::now();
     let api = obj.api(ctx.client.clone());
     let result = match deletion_gate(&api, &obj, &ctx).await {
@@ -73,6 +98,8 @@ pub async fn reconcile<K: Reconciled>(obj: Arc<K>, ctx: Arc<Context>) -> Result<
                 Finalizer::Cleanup(o) => match o.cleanup(&ctx, approved).await? {
                     Ok(()) => {
                         ctx.pending.track(&o.uid().unwrap_or_default(), false, &ctx.metrics);
+                        ctx.object_states
+                            .track(K::KIND, &o.uid().unwrap_or_default(), None, &ctx.metrics);
                         Ok(Action::await_change())
                     }
                     // Keep the finalizer: report why and fail this cleanup so
@@ -110,6 +137,19 @@ pub async fn reconcile<K: Reconciled>(obj: Arc<K>, ctx: Arc<Context>) -> Result<
     result
 }
 
+/// Runs `f` when dropped, however the scope ends.
+fn scopeguard<F: FnOnce()>(f: F) -> impl Drop {
+    struct Guard<F: FnOnce()>(Option<F>);
+    impl<F: FnOnce()> Drop for Guard<F> {
+        fn drop(&mut self) {
+            if let Some(f) = self.0.take() {
+                f();
+            }
+        }
+    }
+    Guard(Some(f))
+}
+
 /// For an object being deleted that still carries the finalizer: Ok(approval)
 /// lets the deletion proceed, Err(action) holds it with its status written.
 async fn deletion_gate<K: Reconciled>(
@@ -128,7 +168,9 @@ async fn deletion_gate<K: Reconciled>(
             let previous = K::current(obj);
             let new = status_from::<K>(&outcome, previous, obj.meta().generation, &now());
             status::write(api, obj, previous, &new, ctx).await?;
-            Ok(Err(Action::requeue(outcome.requeue_after.unwrap_or(ctx.resync))))
+            Ok(Err(Action::requeue(
+                outcome.requeue_after.unwrap_or_else(|| ctx.resync_after()),
+            )))
         }
     }
 }
@@ -138,11 +180,17 @@ async fn apply<K: Reconciled>(api: &Api<K>, obj: &K, ctx: &Context) -> Result<Ac
     let approvals = super::approval_inputs(ctx, obj.meta().annotations.as_ref()).await?;
     let now = now();
     match obj.reconcile(ctx, &approvals, &now).await {
-        Ok((new, requeue_after)) => {
+        Ok(pass) => {
+            let new = pass.status;
             settle_requests::<K>(obj, previous, &new, ctx).await?;
             status::write(api, obj, previous, &new, ctx).await?;
+            if !pass.drift_corrected.is_empty() {
+                status::drift_corrected(obj, K::KIND, &pass.drift_corrected, ctx).await;
+            }
             consume_approval(api, obj, &new).await;
-            Ok(Action::requeue(requeue_after.unwrap_or(ctx.resync)))
+            Ok(Action::requeue(
+                pass.requeue_after.unwrap_or_else(|| ctx.resync_after()),
+            ))
         }
         Err(Error::Reconcile(e)) => {
             let outcome = countersign_reconcilers::report::unavailable(&e);

@@ -17,6 +17,8 @@ use std::fmt::Debug;
 
 /// A kind whose status carries the shared conditions.
 pub trait WithStatus: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug {
+    /// The kind name (metrics, logs).
+    const KIND: &'static str;
     /// The kind's status type.
     type Status: Serialize + PartialEq + Clone + Debug + Send + Sync;
     /// The part of a status every kind shares.
@@ -28,12 +30,13 @@ pub trait WithStatus: Resource<DynamicType = ()> + Clone + DeserializeOwned + De
     fn with_common(previous: Option<&Self::Status>, common: ResourceStatus) -> Self::Status;
 }
 
-/// Implements [`WithStatus`] for a kind whose status is the shared
-/// `ResourceStatus`, or (with a second argument) a status type that
-/// flattens it into a field `common`.
+/// Implements [`WithStatus`] for a kind (named as the database records it)
+/// whose status is the shared `ResourceStatus`, or (with a third argument) a
+/// status type that flattens it into a field `common`.
 macro_rules! with_status {
-    ($kind:ty) => {
+    ($kind:ty, $name:expr) => {
         impl WithStatus for $kind {
+            const KIND: &'static str = $name;
             type Status = ResourceStatus;
             fn common(status: &ResourceStatus) -> &ResourceStatus {
                 status
@@ -46,8 +49,9 @@ macro_rules! with_status {
             }
         }
     };
-    ($kind:ty, $status:ident) => {
+    ($kind:ty, $name:expr, $status:ident) => {
         impl WithStatus for $kind {
+            const KIND: &'static str = $name;
             type Status = $status;
             fn common(status: &$status) -> &ResourceStatus {
                 &status.common
@@ -65,17 +69,31 @@ macro_rules! with_status {
     };
 }
 
-with_status!(countersign_crds::ApprovalPolicy, ApprovalPolicyStatus);
-with_status!(countersign_crds::Tenant);
-with_status!(countersign_crds::GroupMapping);
-with_status!(countersign_crds::FrontingLink);
-with_status!(countersign_crds::LicenseGrant);
-with_status!(countersign_crds::IdentityProvider, IdentityProviderStatus);
-with_status!(countersign_crds::WebhookSubscription, WebhookSubscriptionStatus);
+use countersign_reconcilers as r;
+with_status!(
+    countersign_crds::ApprovalPolicy,
+    r::approval_policy::KIND,
+    ApprovalPolicyStatus
+);
+with_status!(countersign_crds::Tenant, r::tenant::KIND);
+with_status!(countersign_crds::GroupMapping, r::group_mapping::KIND);
+with_status!(countersign_crds::FrontingLink, r::fronting_link::KIND);
+with_status!(countersign_crds::LicenseGrant, r::license_grant::KIND);
+with_status!(
+    countersign_crds::IdentityProvider,
+    r::identity_provider::KIND,
+    IdentityProviderStatus
+);
+with_status!(
+    countersign_crds::WebhookSubscription,
+    r::webhook_subscription::KIND,
+    WebhookSubscriptionStatus
+);
 
 /// Writes `new` if it differs from `old`, then records an event for each
 /// condition among Ready, Synced, Stalled and Approved whose status or reason
-/// flipped (so every approval decision leaves an event).
+/// flipped (so every approval decision leaves an event), except routine
+/// success (Ready=True, a first Synced=True, Stalled=False).
 pub async fn write<K: WithStatus>(
     api: &Api<K>,
     obj: &K,
@@ -90,6 +108,12 @@ pub async fn write<K: WithStatus>(
     ctx.pending.track(
         &obj.uid().unwrap_or_default(),
         new.pending_digest.is_some(),
+        &ctx.metrics,
+    );
+    ctx.object_states.track(
+        K::KIND,
+        &obj.uid().unwrap_or_default(),
+        Some(super::ObjectState::of(new)),
         &ctx.metrics,
     );
     if !changed {
@@ -116,9 +140,13 @@ pub async fn write<K: WithStatus>(
         if before == Some((after.status, after.reason.clone())) {
             continue;
         }
-        // Stalled=False and Synced=True are the quiet defaults, not news.
+        // Routine success is not news: the status already says so, and an
+        // event per object going live would be one more API write per object.
+        // Events are for what a person must look at: failures, refusals,
+        // approval decisions, a recovery after a reported failure.
         let quiet = (type_ == STALLED && after.status == ConditionStatus::False)
-            || (type_ == SYNCED && after.status == ConditionStatus::True && before.is_none());
+            || (type_ == SYNCED && after.status == ConditionStatus::True && before.is_none())
+            || (type_ == READY && after.status == ConditionStatus::True);
         if quiet || after.status == ConditionStatus::Unknown {
             continue;
         }
@@ -143,4 +171,27 @@ pub async fn write<K: WithStatus>(
         }
     }
     Ok(())
+}
+
+/// Records that the row of `obj` was edited behind the operator's back and
+/// restored: a `Drifted` warning event naming the columns (never their
+/// values) and the per-kind drift metric.
+pub async fn drift_corrected<K: WithStatus>(obj: &K, kind: &str, columns: &[&str], ctx: &Context) {
+    ctx.metrics
+        .drift_corrections
+        .get_or_create(&crate::metrics::KindLabels { kind: kind.into() })
+        .inc();
+    let event = Event {
+        type_: EventType::Warning,
+        reason: "Drifted".into(),
+        note: Some(format!(
+            "the row in the API database was edited outside Countersign ({}); restored the approved configuration",
+            columns.join(", ")
+        )),
+        action: "CorrectDrift".into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, &obj.object_ref(&())).await {
+        tracing::warn!(error = %e, "could not record event");
+    }
 }

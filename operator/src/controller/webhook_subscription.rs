@@ -5,11 +5,13 @@
 //! re-reconciles when that Secret or the Tenant changes. The database half
 //! (sealing, storing, revoking, the test delivery) is the pipeline's.
 
-use super::shell::{self, Reconciled};
+use super::policy_fan_out::paced;
+use super::shell::{self, Pass, Reconciled};
+use super::watches::{Changes, Feeds};
 use super::{Context, FIELD_MANAGER};
 use crate::Error;
 use countersign_crds::webhook_subscription::{VERIFIED, WebhookSubscriptionStatus};
-use countersign_crds::{ConditionStatus, Tenant, WebhookSubscription, annotations};
+use countersign_crds::{ConditionStatus, WebhookSubscription, annotations};
 use countersign_reconcilers::Outcome;
 use countersign_reconcilers::approval::{ApprovedChange, Inputs};
 use countersign_reconcilers::report::DeletionGate;
@@ -17,15 +19,12 @@ use countersign_reconcilers::webhook_subscription::{self as pipeline, SigningSec
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, ObjectMeta, PostParams};
-use kube::core::PartialObjectMeta;
 use kube::runtime::controller::Controller;
 use kube::runtime::events::{Event, EventType};
 use kube::runtime::reflector::{ObjectRef, Store};
-use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 /// The key the generated signing secret is stored under in its Secret.
 pub const GENERATED_KEY: &str = "signing-secret";
@@ -206,8 +205,6 @@ async fn record_verification_event(ws: &WebhookSubscription, new: &WebhookSubscr
 }
 
 impl Reconciled for WebhookSubscription {
-    const KIND: &'static str = pipeline::KIND;
-
     fn api(&self, client: kube::Client) -> Api<Self> {
         Api::namespaced(client, &self.namespace().unwrap_or_default())
     }
@@ -217,7 +214,7 @@ impl Reconciled for WebhookSubscription {
         ctx: &Context,
         approvals: &Inputs,
         now: &str,
-    ) -> Result<(WebhookSubscriptionStatus, Option<Duration>), Error> {
+    ) -> Result<Pass<WebhookSubscriptionStatus>, Error> {
         // With spec.verify, status.verification decides a side effect outside
         // the cluster (a delivery), so it is read fresh: the cached object
         // can lag behind the status this controller wrote a moment ago, and
@@ -242,7 +239,7 @@ impl Reconciled for WebhookSubscription {
         let report = pipeline::reconcile(ws, &ctx.pool, &ctx.actor, inputs).await?;
         let status = report.status(ws.status.as_ref(), ws.metadata.generation, now);
         record_verification_event(ws, &status, ctx).await;
-        Ok((status, report.outcome.requeue_after))
+        Ok(Pass::new(status, &report.outcome))
     }
 
     async fn deletion_gate(&self, ctx: &Context, approvals: &Inputs) -> Result<DeletionGate, Error> {
@@ -277,43 +274,45 @@ fn uses_secret(ws: &WebhookSubscription, name: &str) -> bool {
     }
 }
 
-/// Runs the WebhookSubscription controller until `shutdown` resolves.
-pub async fn run(
+/// The WebhookSubscription controller, fed by the shared watches; runs until
+/// `shutdown` resolves.
+pub fn run(
     ctx: Arc<Context>,
-    selector: Option<String>,
+    feeds: &mut Feeds,
     policy_changed: impl futures::Stream<Item = ()> + Send + 'static,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
-) {
-    let client = ctx.client.clone();
-    let config = super::watch_config(selector.as_deref());
-    let controller = Controller::new(Api::<WebhookSubscription>::all(client.clone()), config.clone());
-    let (by_secret, by_tenant) = (controller.store(), controller.store());
-    let controller = controller
-        .reconcile_all_on(policy_changed)
-        // Secrets are watched by metadata only: the operator learns that a
-        // Secret changed (a referenced one edited, a generated one deleted)
-        // without holding every Secret's data in memory.
-        .watches(
-            Api::<PartialObjectMeta<Secret>>::all(client.clone()),
-            watcher::Config::default().any_semantic(),
-            move |secret| {
+) -> futures::future::BoxFuture<'static, ()> {
+    let store = feeds.webhook_subscriptions.store();
+    let (by_secret, by_tenant) = (store.clone(), store.clone());
+    let rows = feeds.row_changes.subscribe::<WebhookSubscription>(pipeline::KIND);
+    let controller =
+        Controller::for_shared_stream(feeds.webhook_subscriptions.subscribe(Changes::Declared), store.clone())
+            .with_config(ctx.controller_config())
+            // Its row edited in the database: look at it now. Every object once
+            // the notifications may have missed some.
+            .reconcile_on(rows.objects)
+            .reconcile_on(paced(store.clone(), rows.everything))
+            .reconcile_on(paced(store, policy_changed))
+            // Secrets are watched by metadata only: the operator learns that a
+            // Secret changed (a referenced one edited, a generated one deleted)
+            // without holding every Secret's data in memory.
+            .watches_shared_stream(feeds.secrets.subscribe(Changes::All), move |secret| {
                 let (ns, name) = (secret.namespace(), secret.name_any());
                 subscriptions(&by_secret, |ws| ws.namespace() == ns && uses_secret(ws, &name))
-            },
-        )
-        // A tenant going live, or changing its allowed namespaces, decides
-        // whether waiting or refused subscriptions may proceed.
-        .watches(Api::<Tenant>::all(client), config, move |tenant| {
-            let name = tenant.name_any();
-            subscriptions(&by_tenant, |ws| ws.spec.tenant_ref.name == name)
-        })
-        .graceful_shutdown_on(shutdown)
-        .run(
-            shell::reconcile::<WebhookSubscription>,
-            shell::error_policy::<WebhookSubscription>,
-            ctx,
-        );
-    shell::drain(controller).await;
+            })
+            // A tenant going live, or changing its allowed namespaces, decides
+            // whether waiting or refused subscriptions may proceed.
+            .watches_shared_stream(feeds.tenants.subscribe(Changes::All), move |tenant| {
+                let name = tenant.name_any();
+                subscriptions(&by_tenant, |ws| ws.spec.tenant_ref.name == name)
+            })
+            .graceful_shutdown_on(shutdown)
+            .run(
+                shell::reconcile::<WebhookSubscription>,
+                shell::error_policy::<WebhookSubscription>,
+                ctx,
+            );
+    Box::pin(shell::drain(controller))
 }
 
 #[cfg(test)]

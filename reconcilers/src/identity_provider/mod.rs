@@ -310,6 +310,7 @@ pub async fn reconcile<C: ProviderChecks>(
                     requeue_after: Some(RECHECK_AFTER_FAILURE),
                     pending_digest: Some(None),
                     drop_conditions: Vec::new(),
+                    drift_corrected: Vec::new(),
                 },
                 secret_fingerprint: Some(stored_fp),
                 discovery: checked.discovery.clone(),
@@ -447,6 +448,7 @@ fn in_use_outcome(name: &str, mappings: i64) -> Outcome {
         requeue_after: None,
         pending_digest: Some(None),
         drop_conditions: Vec::new(),
+        drift_corrected: Vec::new(),
     }
 }
 

@@ -374,6 +374,7 @@ fn imported_outcome(
         requeue_after: None,
         pending_digest: Some(None),
         drop_conditions: Vec::new(),
+        drift_corrected: Vec::new(),
     }
 }
 

@@ -44,6 +44,17 @@ pub async fn reconcile(
     let observed = resolve::observe(pool, &uid, &desired.slug, desired.parent_slug.as_deref()).await?;
     let slug = desired.slug.clone();
     let plan = plan::plan(desired, &observed, &uid, &digest, adopt_requested(tenant));
+    let drift_corrected = match (&plan, &observed.row) {
+        (
+            Plan::Update {
+                values,
+                cause: plan::UpdateCause::DriftCorrected,
+                ..
+            },
+            Some(row),
+        ) => values.differences(row),
+        _ => Vec::new(),
+    };
     // Every change of the declared intent needs a second person, even one
     // that leaves the row as it is; correcting drift restores what was approved.
     let operation = match &plan {
@@ -104,7 +115,10 @@ pub async fn reconcile(
             report::live(&format!("tenant {slug:?}"), database_id, &digest)
         }
     };
-    Ok(report::with_approval(outcome, approver, approval_applies, &digest))
+    Ok(Outcome {
+        drift_corrected,
+        ..report::with_approval(outcome, approver, approval_applies, &digest)
+    })
 }
 
 /// Passes the deletion of a Tenant that manages a row through the two-person rule.

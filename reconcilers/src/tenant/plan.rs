@@ -16,17 +16,30 @@ pub struct Values {
 impl Values {
     /// Whether the row already holds exactly these values.
     pub fn matches(&self, row: &TenantRow) -> bool {
+        self.differences(row).is_empty()
+    }
+
+    /// The columns of `row` that differ from these values.
+    pub fn differences(&self, row: &TenantRow) -> Vec<&'static str> {
         let t = &self.tenant;
-        row.slug == t.slug
-            && row.name == t.name
-            && row.description == t.description
-            && row.parent_tenant_id == self.parent_tenant_id
-            && row.status == t.status
-            && row.owner_email == t.owner_email
-            && row.owner_display_name == t.owner_display_name
-            && row.instance_fingerprint == t.instance_fingerprint
-            && row.branding == t.branding
-            && row.allowed_namespaces == t.allowed_namespaces
+        [
+            ("slug", row.slug == t.slug),
+            ("name", row.name == t.name),
+            ("description", row.description == t.description),
+            ("parent_tenant_id", row.parent_tenant_id == self.parent_tenant_id),
+            ("status", row.status == t.status),
+            ("owner_email", row.owner_email == t.owner_email),
+            ("owner_display_name", row.owner_display_name == t.owner_display_name),
+            (
+                "instance_fingerprint",
+                row.instance_fingerprint == t.instance_fingerprint,
+            ),
+            ("branding", row.branding == t.branding),
+            ("allowed_namespaces", row.allowed_namespaces == t.allowed_namespaces),
+        ]
+        .into_iter()
+        .filter_map(|(column, same)| (!same).then_some(column))
+        .collect()
     }
 }
 
