@@ -77,8 +77,9 @@ async fn world() -> anyhow::Result<World> {
     let client = common::cluster().await?;
     let (_url, pool) = common::database().await?;
     let run = unique_name("fl");
-    // A short resync: resources live only in the database, which has no watch.
-    let op = common::operator_with_resync(&client, &pool, &run, Duration::from_secs(2)).await?;
+    // Resources live only in the database: the operator hears of them (and
+    // of edited links) from its change notifications, not from a resync.
+    let op = common::operator_with_resync(&client, &pool, &run, common::HOUR).await?;
     let api = Api::all(client.clone());
     Ok(World {
         client,
@@ -139,6 +140,27 @@ async fn a_link_waits_for_its_resources_checks_scopes_and_updates_only_its_scope
             .fetch_all(&w.pool)
             .await?;
     assert_eq!(actions, ["create", "update"]);
+
+    // The scope map edited in the database is put back when it happens.
+    sqlx::query(
+        "UPDATE fronting_links SET scope_map = '{\"gw:read\": [\"api:write\"]}'
+          WHERE source_resource_id = (SELECT id FROM platform_resources WHERE slug = $1)",
+    )
+    .bind(&gw)
+    .execute(&w.pool)
+    .await?;
+    common::wait_row(
+        &w.pool,
+        "SELECT l.scope_map::text FROM fronting_links l JOIN platform_resources s ON s.id = l.source_resource_id
+          WHERE s.slug = $1 AND l.deleted_at IS NULL",
+        &gw,
+        // jsonb's text form.
+        r#"{"gw:read": ["api:read"], "gw:write": ["api:read", "api:write"]}"#,
+        Duration::from_secs(5),
+    )
+    .await?;
+    let drifted = common::drifted_events(&w.client, &name).await?;
+    assert!(drifted.len() == 1 && drifted[0].contains("(scope_map)"), "{drifted:?}");
 
     // Source and target are immutable: the API server says what to do instead.
     let err = w

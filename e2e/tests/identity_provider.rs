@@ -14,6 +14,7 @@ use kube::Client;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 use sqlx::{PgPool, Row};
+use std::time::Duration;
 
 /// One test's world: a namespace, a live tenant allowing it, the stub IdP
 /// and an operator that trusts the stub's CA.
@@ -39,6 +40,9 @@ async fn world(allow_loopback: bool) -> anyhow::Result<World> {
     let op = common::operator_with(&client, &pool, &run, |o| {
         o.outbound.allow_loopback = allow_loopback;
         o.outbound.extra_roots_pem = vec![ca];
+        // Only watch events and the database's notifications make anything
+        // look again.
+        o.resync = common::HOUR;
     })
     .await?;
     let tenant = unique_name("acme");
@@ -725,6 +729,69 @@ async fn group_mappings_wait_for_their_provider_conflict_and_block_its_deletion(
     .await?;
     assert_eq!(deleted, 1, "soft-deleted");
     w.op.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn provider_and_mapping_rows_edited_in_the_database_are_restored_when_it_happens() -> anyhow::Result<()> {
+    let w = world(true).await?;
+    w.put_secret("sso-oidc", "v").await?;
+    w.idps()
+        .create(
+            &PostParams::default(),
+            &w.oidc("sso", "Acme SSO", &w.stub.issuer(), json!({}))?,
+        )
+        .await?;
+    w.mappings()
+        .create(
+            &PostParams::default(),
+            &w.mapping("admins", "sso", "acme-admins", "CLIENT_ADMIN")?,
+        )
+        .await?;
+    w.wait_idp("sso", "live", live).await?;
+    w.wait_mapping("admins", "live", |m| gm_has(m, "Ready", "True", "Live"))
+        .await?;
+
+    // Someone with database access widens the provider and elevates the mapping.
+    sqlx::query("UPDATE identity_providers SET allowed_email_domains = '{evil.example}' WHERE name = 'Acme SSO'")
+        .execute(&w.pool)
+        .await?;
+    sqlx::query("UPDATE group_mappings SET role = 'PLATFORM_ADMIN' WHERE group_name = 'acme-admins'")
+        .execute(&w.pool)
+        .await?;
+    common::wait_row(
+        &w.pool,
+        "SELECT array_to_string(allowed_email_domains, ',') FROM identity_providers WHERE name = $1 AND deleted_at IS NULL",
+        "Acme SSO",
+        "",
+        Duration::from_secs(5),
+    )
+    .await?;
+    common::wait_row(
+        &w.pool,
+        "SELECT role FROM group_mappings WHERE group_name = $1 AND deleted_at IS NULL",
+        "acme-admins",
+        "CLIENT_ADMIN",
+        Duration::from_secs(5),
+    )
+    .await?;
+    let provider = common::drifted_events(&w.client, "sso").await?;
+    assert!(
+        provider.len() == 1 && provider[0].contains("(allowed_email_domains)") && !provider[0].contains("evil"),
+        "{provider:?}"
+    );
+    let mapping = common::drifted_events(&w.client, "admins").await?;
+    assert!(
+        mapping.len() == 1 && mapping[0].contains("(role)") && !mapping[0].contains("PLATFORM_ADMIN"),
+        "{mapping:?}"
+    );
+    for kind in ["IdentityProvider", "GroupMapping"] {
+        assert_eq!(
+            common::metric(&w.op, &format!("countersign_drift_corrections_total{{kind=\"{kind}\"")).await?,
+            1.0,
+            "{kind}"
+        );
+    }
     Ok(())
 }
 

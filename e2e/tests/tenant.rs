@@ -366,7 +366,8 @@ async fn drift_in_a_managed_row_is_corrected() -> anyhow::Result<()> {
     let client = common::cluster().await?;
     let (_url, pool) = common::database().await?;
     let run = unique_name("drift");
-    let op = common::operator_with_resync(&client, &pool, &run, Duration::from_secs(1)).await?;
+    // Heard from the database at once, not found by a resync.
+    let op = common::operator_with_resync(&client, &pool, &run, common::HOUR).await?;
     let api: Api<Tenant> = Api::all(client.clone());
     let slug = unique_name("drifty");
     api.create(
@@ -379,7 +380,7 @@ async fn drift_in_a_managed_row_is_corrected() -> anyhow::Result<()> {
         .bind(&slug)
         .execute(&pool)
         .await?;
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
     loop {
         let name: String = sqlx::query_scalar("SELECT name FROM tenants WHERE slug = $1")
             .bind(&slug)
@@ -404,6 +405,11 @@ async fn drift_in_a_managed_row_is_corrected() -> anyhow::Result<()> {
         .fetch_all(&pool)
         .await?;
     assert_eq!(actions, ["create", "correct-drift"]);
+    let drifted = common::drifted_events(&client, &slug).await?;
+    assert!(
+        drifted.len() == 1 && drifted[0].contains("(name)"),
+        "one Drifted event naming the column: {drifted:?}"
+    );
     op.shutdown().await;
     Ok(())
 }

@@ -81,6 +81,7 @@ impl World {
         let op = common::operator_with(&self.client, &self.pool, &self.run, |o| {
             o.outbound.allow_loopback = allow_loopback;
             o.outbound.extra_roots_pem = vec![ca];
+            o.resync = common::HOUR;
         })
         .await?;
         self.op = Some(op);
@@ -334,6 +335,38 @@ async fn a_generated_secret_is_created_once_owned_sealed_and_survives_a_restart(
     .await?;
     assert_eq!((deleted_by.as_deref(), revoked), (Some("countersign"), true));
     w.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_subscription_edited_or_switched_off_in_the_database_is_restored_when_it_happens() -> anyhow::Result<()> {
+    let w = world(true).await?;
+    let url = w.receiver.url();
+    w.create("hooks", &url, json!({})).await?;
+    w.wait("hooks", "live", live).await?;
+    sqlx::query("UPDATE webhook_subscriptions SET active = false, events = '{tenant.changed}' WHERE url = $1")
+        .bind(&url)
+        .execute(&w.pool)
+        .await?;
+    common::wait_row(
+        &w.pool,
+        "SELECT active::text || ' ' || array_to_string(events, ',') FROM webhook_subscriptions
+          WHERE url = $1 AND deleted_at IS NULL",
+        &url,
+        "true certificate.issued",
+        Duration::from_secs(5),
+    )
+    .await?;
+    let drifted = common::drifted_events(&w.client, "hooks").await?;
+    assert!(
+        drifted.len() == 1 && drifted[0].contains("(events, active)"),
+        "{drifted:?}"
+    );
+    let action: String =
+        sqlx::query_scalar("SELECT action FROM audit_log WHERE kind = 'WebhookSubscription' ORDER BY seq DESC LIMIT 1")
+            .fetch_one(&w.pool)
+            .await?;
+    assert_eq!(action, "correct-drift");
     Ok(())
 }
 

@@ -5,6 +5,15 @@ use countersign_crds::status::APPROVED;
 use countersign_crds::{ConditionStatus, ResourceStatus};
 use std::time::Duration;
 
+/// The names of the columns whose values differ, from (name, equal) pairs:
+/// what a drift correction reports (names only, never values).
+pub fn differing(columns: impl IntoIterator<Item = (&'static str, bool)>) -> Vec<&'static str> {
+    columns
+        .into_iter()
+        .filter_map(|(column, equal)| (!equal).then_some(column))
+        .collect()
+}
+
 /// What a reconcile wants the object's status to say about the live row.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Desired {

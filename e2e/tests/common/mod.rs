@@ -26,6 +26,47 @@ pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
+/// A resync no test lives to see: with it, only a watch event or the
+/// database's row-change notification can explain a reconcile.
+pub const HOUR: Duration = Duration::from_secs(3600);
+
+/// Polls `sql` (one text or JSON-as-text column, one row) until it returns
+/// `expected`; fails after `within` with what it returned last.
+pub async fn wait_row(
+    pool: &PgPool,
+    sql: &str,
+    bind: &str,
+    expected: &str,
+    within: Duration,
+) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    loop {
+        let got: Option<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_string()))
+            .bind(bind)
+            .fetch_optional(pool)
+            .await?;
+        if got.as_deref() == Some(expected) {
+            return Ok(started.elapsed());
+        }
+        if started.elapsed() > within {
+            return Err(anyhow!(
+                "{sql} ({bind}) returned {got:?}, not {expected:?}, for {within:?}"
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The notes of the `Drifted` events recorded for an object.
+pub async fn drifted_events(client: &Client, name: &str) -> anyhow::Result<Vec<String>> {
+    Ok(events_for(client, name)
+        .await?
+        .into_iter()
+        .filter(|(reason, _)| reason == "Drifted")
+        .map(|(_, note)| note)
+        .collect())
+}
+
 /// The namespace the chart installs the operator into.
 pub const OPERATOR_NAMESPACE: &str = "countersign-system";
 /// The chart's ServiceAccount as the API server names it: every test

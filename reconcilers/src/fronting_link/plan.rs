@@ -17,9 +17,16 @@ pub struct Values {
 
 impl Values {
     fn matches(&self, row: &LinkRow) -> bool {
-        row.source_resource_id == self.source_resource_id
-            && row.target_resource_id == self.target_resource_id
-            && row.scope_map == self.scope_map
+        self.differences(row).is_empty()
+    }
+
+    /// The columns of `row` that differ from these values.
+    pub fn differences(&self, row: &LinkRow) -> Vec<&'static str> {
+        crate::outcome::differing([
+            ("source_resource_id", row.source_resource_id == self.source_resource_id),
+            ("target_resource_id", row.target_resource_id == self.target_resource_id),
+            ("scope_map", row.scope_map == self.scope_map),
+        ])
     }
 }
 

@@ -129,6 +129,10 @@ pub async fn reconcile(
         }
         Plan::Write { row_id, values, cause } => (row_id, values, cause),
     };
+    let drift_corrected = match (cause, &observed.ours) {
+        (Cause::DriftCorrected, Some((row, _))) => values.differences(row),
+        _ => Vec::new(),
+    };
     let operation = match cause {
         Cause::Create => Some(Operation::Create),
         Cause::SpecChanged | Cause::Adopted => Some(Operation::Update),
@@ -155,7 +159,10 @@ pub async fn reconcile(
     let who = attribution(gm, actor, digest.clone(), approved);
     let id = apply::write(pool, row_id, &values, cause, &who).await?;
     let live = report::live(&subject(gm), id.to_string(), &digest);
-    Ok(report::with_approval(live, approver, approval_applies, &digest))
+    Ok(Outcome {
+        drift_corrected,
+        ..report::with_approval(live, approver, approval_applies, &digest)
+    })
 }
 
 /// Passes the deletion of a GroupMapping through the two-person rule.

@@ -17,9 +17,19 @@ pub struct Values {
 
 impl Values {
     fn matches(&self, row: &MappingRow) -> bool {
-        row.identity_provider_id == self.identity_provider_id
-            && row.group_name == self.group_name
-            && row.role == self.role
+        self.differences(row).is_empty()
+    }
+
+    /// The columns of `row` that differ from these values.
+    pub fn differences(&self, row: &MappingRow) -> Vec<&'static str> {
+        crate::outcome::differing([
+            (
+                "identity_provider_id",
+                row.identity_provider_id == self.identity_provider_id,
+            ),
+            ("group_name", row.group_name == self.group_name),
+            ("role", row.role == self.role),
+        ])
     }
 }
 

@@ -264,6 +264,10 @@ pub async fn reconcile<C: ProviderChecks>(
         }
         Plan::Write(w) => *w,
     };
+    let drift_corrected = match (w.cause, &observed.ours) {
+        (plan::Cause::DriftCorrected, Some((row, _))) => w.values.differences(row),
+        _ => Vec::new(),
+    };
     // Check the provider before a new configuration can reach anyone.
     // What the checks found; carried into every report from here on.
     let mut checked = Checked::default();
@@ -379,7 +383,10 @@ pub async fn reconcile<C: ProviderChecks>(
         if hold.is_none() {
             let live = report::live(&subject(&name), row_id.to_string(), &digest);
             return Ok(Report {
-                outcome: report::with_approval(live, approver, approval_applies, &digest),
+                outcome: Outcome {
+                    drift_corrected,
+                    ..report::with_approval(live, approver, approval_applies, &digest)
+                },
                 secret_fingerprint: Some(written_fp),
                 discovery: checked.discovery.clone(),
                 saml_metadata: checked.saml_metadata.clone(),

@@ -22,35 +22,51 @@ pub struct Values {
 impl Values {
     /// Whether the row already holds exactly these spec-derived values.
     pub fn matches(&self, row: &IdpRow) -> bool {
+        self.differences(row).is_empty()
+    }
+
+    /// The columns of `row` that differ from these spec-derived values.
+    pub fn differences(&self, row: &IdpRow) -> Vec<&'static str> {
         let d = &self.idp;
-        let common = row.tenant_id == self.tenant_id
-            && row.name == d.name
-            && row.enabled == d.enabled
-            && row.protocol == d.protocol_name();
-        common
-            && match &d.protocol {
-                Protocol::Oidc(o) => {
-                    row.issuer_url.as_deref() == Some(o.issuer_url.as_str())
-                        && row.client_id.as_deref() == Some(o.client_id.as_str())
-                        && row.scopes == o.scopes
-                        && row.subject_claim == o.subject_claim
-                        && row.email_claim == o.email_claim
-                        && row.display_name_claim == o.display_name_claim
-                        && row.groups_claim_path == o.groups_claim_path
-                        && row.groups_claim_format == o.groups_claim_format
-                        && row.fetch_userinfo == o.fetch_userinfo
-                        && row.allowed_email_domains == o.allowed_email_domains
-                        && row.iat_window_seconds == o.iat_window_seconds
-                        && row.jwks_cache_ttl_seconds == o.jwks_cache_ttl_seconds
-                        && row.metadata_url.is_none()
-                }
-                Protocol::Saml(s) => {
-                    row.metadata_url.as_deref() == Some(s.metadata_url.as_str())
-                        && row.entity_id.as_deref() == Some(s.entity_id.as_str())
-                        && row.sso_url.as_deref() == Some(s.sso_url.as_str())
-                        && row.issuer_url.is_none()
-                }
-            }
+        let mut columns = vec![
+            ("tenant_id", row.tenant_id == self.tenant_id),
+            ("name", row.name == d.name),
+            ("enabled", row.enabled == d.enabled),
+            ("protocol", row.protocol == d.protocol_name()),
+        ];
+        match &d.protocol {
+            Protocol::Oidc(o) => columns.extend([
+                ("issuer_url", row.issuer_url.as_deref() == Some(o.issuer_url.as_str())),
+                ("client_id", row.client_id.as_deref() == Some(o.client_id.as_str())),
+                ("scopes", row.scopes == o.scopes),
+                ("subject_claim", row.subject_claim == o.subject_claim),
+                ("email_claim", row.email_claim == o.email_claim),
+                ("display_name_claim", row.display_name_claim == o.display_name_claim),
+                ("groups_claim_path", row.groups_claim_path == o.groups_claim_path),
+                ("groups_claim_format", row.groups_claim_format == o.groups_claim_format),
+                ("fetch_userinfo", row.fetch_userinfo == o.fetch_userinfo),
+                (
+                    "allowed_email_domains",
+                    row.allowed_email_domains == o.allowed_email_domains,
+                ),
+                ("iat_window_seconds", row.iat_window_seconds == o.iat_window_seconds),
+                (
+                    "jwks_cache_ttl_seconds",
+                    row.jwks_cache_ttl_seconds == o.jwks_cache_ttl_seconds,
+                ),
+                ("metadata_url", row.metadata_url.is_none()),
+            ]),
+            Protocol::Saml(s) => columns.extend([
+                (
+                    "metadata_url",
+                    row.metadata_url.as_deref() == Some(s.metadata_url.as_str()),
+                ),
+                ("entity_id", row.entity_id.as_deref() == Some(s.entity_id.as_str())),
+                ("sso_url", row.sso_url.as_deref() == Some(s.sso_url.as_str())),
+                ("issuer_url", row.issuer_url.is_none()),
+            ]),
+        }
+        crate::outcome::differing(columns)
     }
 }
 

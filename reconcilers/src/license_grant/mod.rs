@@ -220,6 +220,10 @@ pub async fn reconcile(
     // Only importing or adopting a grant needs a second person: restoring an
     // edited row puts back what was approved, and recording a digest
     // changes nothing.
+    let drift_corrected = match (cause, &observed.ours) {
+        (Cause::DriftCorrected, Some((row, _))) => values.differences(row),
+        _ => Vec::new(),
+    };
     let operation = match cause {
         Cause::Create => Some(Operation::Create),
         Cause::Adopted => Some(Operation::Update),
@@ -246,7 +250,10 @@ pub async fn reconcile(
     let who = attribution(lg, actor, digest.clone(), approved);
     let id = apply::write(pool, row_id, &values, cause, &who).await?;
     let status = imported_status(&values.grant, &observed, id, &digest, revoked_at, pool, now).await?;
-    Ok(report::with_approval(status, approver, approval_applies, &digest))
+    Ok(Outcome {
+        drift_corrected,
+        ..report::with_approval(status, approver, approval_applies, &digest)
+    })
 }
 
 /// The status of an imported grant: Ready while it counts towards the

@@ -21,20 +21,30 @@ impl Values {
     /// Whether the row holds exactly the signed document (revoked_at is
     /// state, set by revocations, and not part of it).
     pub fn matches(&self, row: &GrantRow) -> bool {
+        self.differences(row).is_empty()
+    }
+
+    /// The columns of `row` that differ from the signed document.
+    pub fn differences(&self, row: &GrantRow) -> Vec<&'static str> {
         let g = &self.grant;
-        row.grant_id == g.grant_id
-            && row.tenant_id == self.tenant_id
-            && row.grant_type == g.grant_type
-            && row.instance_fingerprint == g.instance_fingerprint
-            && row.license_type == g.license_type
-            && row.quantity == g.quantity
-            && row.valid_from == g.valid_from
-            && row.valid_until == g.valid_until
-            && row.commercial_chain == g.commercial_chain
-            && row.addendum_of == g.addendum_of
-            && row.revokes == g.revokes
-            && row.key_id == g.key_id
-            && row.signature == g.signature
+        crate::outcome::differing([
+            ("grant_id", row.grant_id == g.grant_id),
+            ("tenant_id", row.tenant_id == self.tenant_id),
+            ("grant_type", row.grant_type == g.grant_type),
+            (
+                "instance_fingerprint",
+                row.instance_fingerprint == g.instance_fingerprint,
+            ),
+            ("license_type", row.license_type == g.license_type),
+            ("quantity", row.quantity == g.quantity),
+            ("valid_from", row.valid_from == g.valid_from),
+            ("valid_until", row.valid_until == g.valid_until),
+            ("commercial_chain", row.commercial_chain == g.commercial_chain),
+            ("addendum_of", row.addendum_of == g.addendum_of),
+            ("revokes", row.revokes == g.revokes),
+            ("key_id", row.key_id == g.key_id),
+            ("signature", row.signature == g.signature),
+        ])
     }
 }
 

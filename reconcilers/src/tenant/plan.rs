@@ -22,7 +22,7 @@ impl Values {
     /// The columns of `row` that differ from these values.
     pub fn differences(&self, row: &TenantRow) -> Vec<&'static str> {
         let t = &self.tenant;
-        [
+        crate::outcome::differing([
             ("slug", row.slug == t.slug),
             ("name", row.name == t.name),
             ("description", row.description == t.description),
@@ -36,10 +36,7 @@ impl Values {
             ),
             ("branding", row.branding == t.branding),
             ("allowed_namespaces", row.allowed_namespaces == t.allowed_namespaces),
-        ]
-        .into_iter()
-        .filter_map(|(column, same)| (!same).then_some(column))
-        .collect()
+        ])
     }
 }
 

@@ -315,6 +315,10 @@ pub async fn reconcile(
         }
         Plan::Write(w) => *w,
     };
+    let drift_corrected = match (w.cause, &observed.ours) {
+        (Cause::DriftCorrected, Some((row, _))) => w.values.differences(row),
+        _ => Vec::new(),
+    };
     // The platform calls this URL later; a URL the outbound policy refuses
     // (scheme, allowlist, or a name resolving to an internal address) is
     // refused when declared, not only when a test delivery is asked for.
@@ -386,7 +390,10 @@ pub async fn reconcile(
     let row_id = apply::write(pool, &w, sealed.as_ref(), &who).await?;
     let live = report::live(&subject(ws), row_id.to_string(), &digest);
     let report = Report {
-        outcome: report::with_approval(live, approver, approval_applies, &digest),
+        outcome: Outcome {
+            drift_corrected,
+            ..report::with_approval(live, approver, approval_applies, &digest)
+        },
         secret_fingerprint: Some(written_fp),
         rotation_token: Some(inputs.rotation_token),
         verification: None,

@@ -20,7 +20,17 @@ impl Values {
     /// Whether the row already holds exactly these values (and delivers:
     /// a subscription switched off behind the operator's back is drift).
     pub fn matches(&self, row: &SubscriptionRow) -> bool {
-        row.tenant_id == self.tenant_id && row.url == self.url && row.events == self.events && row.active
+        self.differences(row).is_empty()
+    }
+
+    /// The columns of `row` that differ from these values.
+    pub fn differences(&self, row: &SubscriptionRow) -> Vec<&'static str> {
+        crate::outcome::differing([
+            ("tenant_id", row.tenant_id == self.tenant_id),
+            ("url", row.url == self.url),
+            ("events", row.events == self.events),
+            ("active", row.active),
+        ])
     }
 
     /// The values a row holds now: what a rotation writes back unchanged
