@@ -145,7 +145,7 @@ async fn apply<K: Reconciled>(api: &Api<K>, obj: &K, ctx: &Context) -> Result<Ac
             Ok(Action::requeue(requeue_after.unwrap_or(ctx.resync)))
         }
         Err(Error::Reconcile(e)) => {
-            let outcome = countersign_reconcilers::report::unavailable(&e);
+            let outcome = countersign_reconcilers::report::failed(&e);
             let new = status_from::<K>(&outcome, previous, obj.meta().generation, &now);
             if let Err(write_err) = status::write(api, obj, previous, &new, ctx).await {
                 tracing::warn!(error = %write_err, "could not report the failure in status");
