@@ -146,19 +146,32 @@ pub fn not_permitted(tenant_slug: &str, namespace: &str, existing_row: Option<uu
     }
 }
 
-/// The outcome when the database cannot be reached: Ready keeps describing
-/// what was last known to be live.
-pub fn unavailable(error: &crate::Error) -> Outcome {
+/// The outcome when a pass failed with an error (the database was away or
+/// refused the write, …): nothing was written, and Ready keeps describing
+/// what was last known to be live. A transient error is being retried
+/// (Reconciling); any other needs a person to change the spec, the
+/// database's grants or its schema (Stalled), though the operator keeps
+/// looking with back-off so a fix outside the spec is picked up by itself.
+/// Serialization failures never get here: the operator retries them
+/// without reporting them.
+pub fn failed(error: &crate::Error) -> Outcome {
+    let reason = error.reason();
+    let message = error.public_message();
+    let progress = if error.is_transient() {
+        [
+            cond(RECONCILING, ConditionStatus::True, reason, "retrying with back-off"),
+            cond(STALLED, ConditionStatus::False, reason, ""),
+        ]
+    } else {
+        [
+            cond(RECONCILING, ConditionStatus::False, reason, ""),
+            cond(STALLED, ConditionStatus::True, reason, message.clone()),
+        ]
+    };
+    let mut conditions = vec![cond(SYNCED, ConditionStatus::False, reason, message)];
+    conditions.extend(progress);
     Outcome {
-        conditions: vec![
-            cond(SYNCED, ConditionStatus::False, error.reason(), error.public_message()),
-            cond(
-                RECONCILING,
-                ConditionStatus::True,
-                error.reason(),
-                "retrying with back-off",
-            ),
-        ],
+        conditions,
         live: Desired::Unchanged,
         requeue_after: None,
         pending_digest: None,
@@ -452,4 +465,49 @@ pub async fn deletion_gate(
             DeletionGate::Hold(outcome)
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn condition<'a>(outcome: &'a Outcome, type_: &str) -> Option<&'a DesiredCondition> {
+        outcome.conditions.iter().find(|c| c.type_ == type_)
+    }
+
+    #[test]
+    fn a_transient_failure_is_retried_and_any_other_stalls() {
+        let away = failed(&crate::Error::Database(sqlx::Error::PoolTimedOut));
+        let synced = condition(&away, SYNCED).expect("Synced");
+        assert_eq!(
+            (synced.status, synced.reason),
+            (ConditionStatus::False, "DatabaseUnavailable")
+        );
+        assert_eq!(
+            condition(&away, RECONCILING).map(|c| c.status),
+            Some(ConditionStatus::True)
+        );
+        assert_eq!(
+            condition(&away, STALLED).map(|c| c.status),
+            Some(ConditionStatus::False)
+        );
+        assert!(condition(&away, READY).is_none(), "Ready keeps describing what is live");
+        assert_eq!((&away.live, away.pending_digest.clone()), (&Desired::Unchanged, None));
+
+        let schema = failed(&crate::Error::SchemaMismatch("run `countersign migrate`".into()));
+        let stalled = condition(&schema, STALLED).expect("Stalled");
+        assert_eq!(
+            (stalled.status, stalled.reason),
+            (ConditionStatus::True, "SchemaMismatch")
+        );
+        assert!(stalled.message.contains("countersign migrate"), "{}", stalled.message);
+        assert_eq!(
+            condition(&schema, RECONCILING).map(|c| c.status),
+            Some(ConditionStatus::False)
+        );
+        assert_eq!(
+            condition(&schema, SYNCED).map(|c| (c.status, c.reason)),
+            Some((ConditionStatus::False, "SchemaMismatch"))
+        );
+    }
 }

@@ -192,8 +192,12 @@ async fn apply<K: Reconciled>(api: &Api<K>, obj: &K, ctx: &Context) -> Result<Ac
                 pass.requeue_after.unwrap_or_else(|| ctx.resync_after()),
             ))
         }
+        // A serialization failure or deadlock rolled the transaction back
+        // and the next pass is expected to succeed: it is retried soon
+        // (`error_policy`) and not reported in status.
+        Err(Error::Reconcile(e)) if e.is_serialization_failure() => Err(Error::Reconcile(e)),
         Err(Error::Reconcile(e)) => {
-            let outcome = countersign_reconcilers::report::unavailable(&e);
+            let outcome = countersign_reconcilers::report::failed(&e);
             let new = status_from::<K>(&outcome, previous, obj.meta().generation, &now);
             if let Err(write_err) = status::write(api, obj, previous, &new, ctx).await {
                 tracing::warn!(error = %write_err, "could not report the failure in status");
@@ -269,7 +273,12 @@ async fn consume_approval<K: Reconciled>(api: &Api<K>, obj: &K, new: &K::Status)
     }
 }
 
-/// Counts the failure and backs off with jitter.
+/// The longest wait before a serialization failure or deadlock is retried:
+/// the transaction it lost to has ended by then.
+const SERIALIZATION_RETRY_MAX: Duration = Duration::from_secs(2);
+
+/// Counts the failure and backs off with jitter (a serialization failure
+/// only briefly: see [`SERIALIZATION_RETRY_MAX`]).
 pub fn error_policy<K: Reconciled>(obj: Arc<K>, error: &Error, ctx: Arc<Context>) -> Action {
     ctx.metrics
         .errors
@@ -279,6 +288,17 @@ pub fn error_policy<K: Reconciled>(obj: Arc<K>, error: &Error, ctx: Arc<Context>
         })
         .inc();
     let delay = ctx.backoff.next_delay(&obj.uid().unwrap_or_default());
+    if matches!(error, Error::Reconcile(e) if e.is_serialization_failure()) {
+        let delay = if delay > SERIALIZATION_RETRY_MAX {
+            use rand::Rng;
+            SERIALIZATION_RETRY_MAX.mul_f64(rand::rng().random_range(0.5..=1.0))
+        } else {
+            delay
+        };
+        tracing::info!(kind = K::KIND, object = %obj.name_any(), namespace = obj.namespace(), reason = error.reason(),
+            error = %error, retry_in = ?delay, "reconcile lost a serialization conflict; retrying");
+        return Action::requeue(delay);
+    }
     tracing::warn!(kind = K::KIND, object = %obj.name_any(), namespace = obj.namespace(), reason = error.reason(),
         error = %error, retry_in = ?delay, "reconcile failed");
     Action::requeue(delay)

@@ -16,7 +16,7 @@ use countersign_crds::{GroupMapping, annotations};
 use plan::{Cause, Plan};
 use sqlx::PgPool;
 
-pub use crate::report::{DeletionGate, unavailable};
+pub use crate::report::{DeletionGate, failed};
 
 /// The kind name used in ownership records and the audit log.
 pub const KIND: &str = "GroupMapping";

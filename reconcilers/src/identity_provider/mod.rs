@@ -24,7 +24,7 @@ use std::future::Future;
 use std::time::Duration;
 use validate::Protocol;
 
-pub use crate::report::{DeletionGate, unavailable};
+pub use crate::report::{DeletionGate, failed};
 
 /// The kind name used in ownership records and the audit log.
 pub const KIND: &str = "IdentityProvider";

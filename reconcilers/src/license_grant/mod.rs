@@ -57,7 +57,7 @@ use std::collections::BTreeMap;
 use uuid::Uuid;
 use validate::DesiredGrant;
 
-pub use crate::report::{DeletionGate, unavailable};
+pub use crate::report::{DeletionGate, failed};
 
 /// The kind name used in ownership records and the audit log.
 pub const KIND: &str = "LicenseGrant";

@@ -14,7 +14,7 @@ use countersign_crds::{DeletionPolicy, Tenant, annotations};
 use plan::Plan;
 use sqlx::PgPool;
 
-pub use crate::report::{DeletionGate, unavailable};
+pub use crate::report::{DeletionGate, failed};
 
 /// The kind name used in ownership records and the audit log.
 pub const KIND: &str = "Tenant";

@@ -26,7 +26,7 @@ use plan::{Cause, Plan, Values, Write};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-pub use crate::report::{DeletionGate, unavailable};
+pub use crate::report::{DeletionGate, failed};
 
 /// The kind name used in ownership records and the audit log.
 pub const KIND: &str = "WebhookSubscription";

@@ -95,7 +95,9 @@ if generation ~= nil and ready ~= nil and ready.observedGeneration ~= nil and re
     ", not yet generation " .. tostring(generation))
 end
 
--- Needs a spec change (or a person): invalid, conflicting, rejected, in use.
+-- Needs a spec change (or a person): invalid, conflicting, rejected, in use,
+-- or a database error a person must fix (a missing privilege, a constraint,
+-- the schema).
 if isStalled then
   return result("Degraded", describe(stalled, "Stalled"))
 end
