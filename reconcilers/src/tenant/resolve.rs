@@ -55,27 +55,43 @@ pub struct Observed {
     pub parent: Parent,
 }
 
-/// Loads the row for `slug`, its owner, this object's ownership and the parent.
+/// Loads the row for `slug`, its owner, this object's ownership and the
+/// parent, in one read-only transaction: one consistent snapshot and one
+/// transaction for the database, not one per query.
 pub async fn observe(pool: &PgPool, uid: &str, slug: &str, parent_slug: Option<&str>) -> Result<Observed, sqlx::Error> {
+    let mut tx = pool
+        .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        .await?;
+    let observed = observe_in(&mut tx, uid, slug, parent_slug).await?;
+    tx.commit().await?;
+    Ok(observed)
+}
+
+async fn observe_in(
+    conn: &mut sqlx::PgConnection,
+    uid: &str,
+    slug: &str,
+    parent_slug: Option<&str>,
+) -> Result<Observed, sqlx::Error> {
     let row: Option<TenantRow> = sqlx::query_as(
         "SELECT id, slug, name, description, parent_tenant_id, status, owner_email, owner_display_name,
                 instance_fingerprint, branding, allowed_namespaces
            FROM tenants WHERE slug = $1 AND deleted_at IS NULL",
     )
     .bind(slug)
-    .fetch_optional(pool)
+    .fetch_optional(&mut *conn)
     .await?;
     let row_owner = match &row {
-        Some(r) => db::owner_of_row(pool, super::KIND, r.id).await?,
+        Some(r) => db::owner_of_row(&mut *conn, super::KIND, r.id).await?,
         None => None,
     };
-    let ours = db::owned_by_object(pool, super::KIND, uid).await?;
+    let ours = db::owned_by_object(&mut *conn, super::KIND, uid).await?;
     let parent = match parent_slug {
         None => Parent::None,
         Some(p) => {
             let id: Option<Uuid> = sqlx::query_scalar("SELECT id FROM tenants WHERE slug = $1 AND deleted_at IS NULL")
                 .bind(p)
-                .fetch_optional(pool)
+                .fetch_optional(&mut *conn)
                 .await?;
             id.map_or_else(|| Parent::Missing(p.to_string()), Parent::Found)
         }
