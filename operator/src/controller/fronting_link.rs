@@ -3,9 +3,8 @@
 //! row-change notifications), and so does the periodic resync.
 
 use super::Context;
-use super::policy_fan_out::paced;
 use super::shell::{self, Pass, Reconciled};
-use super::watches::{Changes, Feeds};
+use super::watches::Feeds;
 use crate::Error;
 use countersign_crds::{FrontingLink, ResourceStatus};
 use countersign_reconcilers::Outcome;
@@ -13,7 +12,6 @@ use countersign_reconcilers::approval::{ApprovedChange, Inputs};
 use countersign_reconcilers::fronting_link as pipeline;
 use countersign_reconcilers::report::DeletionGate;
 use kube::api::Api;
-use kube::runtime::controller::Controller;
 use std::sync::Arc;
 
 impl Reconciled for FrontingLink {
@@ -45,20 +43,6 @@ pub fn run(
     policy_changed: impl futures::Stream<Item = ()> + Send + 'static,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) -> futures::future::BoxFuture<'static, ()> {
-    let rows = feeds.row_changes.subscribe::<FrontingLink>(pipeline::KIND);
-    let store = feeds.fronting_links.store();
-    let controller = Controller::for_shared_stream(feeds.fronting_links.subscribe(Changes::Declared), store.clone())
-        .with_config(ctx.controller_config())
-        // Its row edited in the database: look at it now. Every object once
-        // the notifications may have missed some.
-        .reconcile_on(rows.objects)
-        .reconcile_on(paced(store.clone(), rows.everything))
-        .reconcile_on(paced(store, policy_changed))
-        .graceful_shutdown_on(shutdown)
-        .run(
-            shell::reconcile::<FrontingLink>,
-            shell::error_policy::<FrontingLink>,
-            ctx,
-        );
-    Box::pin(shell::drain(controller))
+    let (controller, _) = shell::controller(&ctx, &mut feeds.fronting_links, &mut feeds.row_changes, policy_changed);
+    shell::run(controller, ctx, shutdown)
 }

@@ -1,7 +1,6 @@
 //! The GroupMapping controller: re-reconciles when its IdentityProvider changes.
 
 use super::Context;
-use super::policy_fan_out::paced;
 use super::shell::{self, Pass, Reconciled};
 use super::watches::{Changes, Feeds};
 use crate::Error;
@@ -12,7 +11,6 @@ use countersign_reconcilers::group_mapping as pipeline;
 use countersign_reconcilers::report::DeletionGate;
 use kube::ResourceExt;
 use kube::api::Api;
-use kube::runtime::controller::Controller;
 use kube::runtime::reflector::ObjectRef;
 use std::sync::Arc;
 
@@ -52,20 +50,14 @@ pub fn run(
     policy_changed: impl futures::Stream<Item = ()> + Send + 'static,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) -> futures::future::BoxFuture<'static, ()> {
-    let store = feeds.group_mappings.store();
-    let by_provider = store.clone();
     let providers_removed = futures::stream::unfold(ctx.providers_removed.subscribe(), |mut rx| async move {
         rx.changed().await.ok()?;
         Some(((), rx))
     });
-    let rows = feeds.row_changes.subscribe::<GroupMapping>(pipeline::KIND);
-    let controller = Controller::for_shared_stream(feeds.group_mappings.subscribe(Changes::Declared), store.clone())
-        .with_config(ctx.controller_config())
-        // Its row edited in the database: look at it now. Every object once
-        // the notifications may have missed some.
-        .reconcile_on(rows.objects)
-        .reconcile_on(paced(store.clone(), rows.everything))
-        .reconcile_on(paced(store, policy_changed))
+    let (controller, store) =
+        shell::controller(&ctx, &mut feeds.group_mappings, &mut feeds.row_changes, policy_changed);
+    let by_provider = store.clone();
+    let controller = controller
         // A removed provider's mappings are looked at once its removal has
         // committed (a rare event: one pass of reads, no writes for the rest).
         .reconcile_all_on(providers_removed)
@@ -79,12 +71,6 @@ pub fn run(
                 .filter(|gm| gm.namespace() == ns && gm.spec.identity_provider_ref.name == name)
                 .map(|gm| ObjectRef::from_obj(gm.as_ref()))
                 .collect::<Vec<_>>()
-        })
-        .graceful_shutdown_on(shutdown)
-        .run(
-            shell::reconcile::<GroupMapping>,
-            shell::error_policy::<GroupMapping>,
-            ctx,
-        );
-    Box::pin(shell::drain(controller))
+        });
+    shell::run(controller, ctx, shutdown)
 }

@@ -3,7 +3,6 @@
 //! the Secret, the Tenant or a GroupMapping referencing the provider changes.
 
 use super::Context;
-use super::policy_fan_out::paced;
 use super::shell::{self, Pass, Reconciled};
 use super::watches::{Changes, Feeds};
 use crate::Error;
@@ -18,7 +17,6 @@ use countersign_reconcilers::report::DeletionGate;
 use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
 use kube::api::Api;
-use kube::runtime::controller::Controller;
 use kube::runtime::reflector::{ObjectRef, Store};
 use std::sync::Arc;
 
@@ -127,41 +125,32 @@ pub fn run(
     policy_changed: impl futures::Stream<Item = ()> + Send + 'static,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) -> futures::future::BoxFuture<'static, ()> {
-    let store = feeds.identity_providers.store();
+    let (controller, store) = shell::controller(
+        &ctx,
+        &mut feeds.identity_providers,
+        &mut feeds.row_changes,
+        policy_changed,
+    );
     let (by_secret, by_tenant, by_mapping) = (store.clone(), store.clone(), store.clone());
-    let rows = feeds.row_changes.subscribe::<IdentityProvider>(pipeline::KIND);
-    let controller =
-        Controller::for_shared_stream(feeds.identity_providers.subscribe(Changes::Declared), store.clone())
-            .with_config(ctx.controller_config())
-            // Its row edited in the database: look at it now. Every object once
-            // the notifications may have missed some.
-            .reconcile_on(rows.objects)
-            .reconcile_on(paced(store.clone(), rows.everything))
-            .reconcile_on(paced(store, policy_changed))
-            // Secrets are watched by metadata only: the operator learns that a
-            // Secret changed without holding every Secret's data in memory.
-            .watches_shared_stream(feeds.secrets.subscribe(Changes::All), move |secret| {
-                let (ns, name) = (secret.namespace(), secret.name_any());
-                providers(&by_secret, |idp| {
-                    idp.namespace() == ns && idp.spec.oidc.as_ref().is_some_and(|o| o.client_secret.name == name)
-                })
+    let controller = controller
+        // Secrets are watched by metadata only: the operator learns that a
+        // Secret changed without holding every Secret's data in memory.
+        .watches_shared_stream(feeds.secrets.subscribe(Changes::All), move |secret| {
+            let (ns, name) = (secret.namespace(), secret.name_any());
+            providers(&by_secret, |idp| {
+                idp.namespace() == ns && idp.spec.oidc.as_ref().is_some_and(|o| o.client_secret.name == name)
             })
-            // A tenant going live, or changing its allowed namespaces, decides
-            // whether waiting or refused providers may proceed.
-            .watches_shared_stream(feeds.tenants.subscribe(Changes::All), move |tenant| {
-                let name = tenant.name_any();
-                providers(&by_tenant, |idp| idp.spec.tenant_ref.name == name)
-            })
-            // A mapping going away can release a provider whose deletion waits (InUse).
-            .watches_shared_stream(feeds.group_mappings.subscribe(Changes::All), move |gm| {
-                let (ns, name) = (gm.namespace(), gm.spec.identity_provider_ref.name.clone());
-                providers(&by_mapping, |idp| idp.namespace() == ns && idp.name_any() == name)
-            })
-            .graceful_shutdown_on(shutdown)
-            .run(
-                shell::reconcile::<IdentityProvider>,
-                shell::error_policy::<IdentityProvider>,
-                ctx,
-            );
-    Box::pin(shell::drain(controller))
+        })
+        // A tenant going live, or changing its allowed namespaces, decides
+        // whether waiting or refused providers may proceed.
+        .watches_shared_stream(feeds.tenants.subscribe(Changes::All), move |tenant| {
+            let name = tenant.name_any();
+            providers(&by_tenant, |idp| idp.spec.tenant_ref.name == name)
+        })
+        // A mapping going away can release a provider whose deletion waits (InUse).
+        .watches_shared_stream(feeds.group_mappings.subscribe(Changes::All), move |gm| {
+            let (ns, name) = (gm.namespace(), gm.spec.identity_provider_ref.name.clone());
+            providers(&by_mapping, |idp| idp.namespace() == ns && idp.name_any() == name)
+        });
+    shell::run(controller, ctx, shutdown)
 }

@@ -3,7 +3,6 @@
 //! looks again by itself when a grant becomes valid or expires.
 
 use super::Context;
-use super::policy_fan_out::paced;
 use super::shell::{self, Pass, Reconciled};
 use super::watches::{Changes, Feeds};
 use crate::Error;
@@ -14,7 +13,6 @@ use countersign_reconcilers::license_grant::{self as pipeline, Trust};
 use countersign_reconcilers::report::DeletionGate;
 use kube::ResourceExt;
 use kube::api::Api;
-use kube::runtime::controller::Controller;
 use kube::runtime::reflector::{ObjectRef, Store};
 use std::sync::Arc;
 
@@ -83,16 +81,10 @@ pub fn run(
     policy_changed: impl futures::Stream<Item = ()> + Send + 'static,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) -> futures::future::BoxFuture<'static, ()> {
-    let store = feeds.license_grants.store();
+    let (controller, store) =
+        shell::controller(&ctx, &mut feeds.license_grants, &mut feeds.row_changes, policy_changed);
     let (by_tenant, by_grant) = (store.clone(), store.clone());
-    let rows = feeds.row_changes.subscribe::<LicenseGrant>(pipeline::KIND);
-    let controller = Controller::for_shared_stream(feeds.license_grants.subscribe(Changes::Declared), store.clone())
-        .with_config(ctx.controller_config())
-        // Its row edited in the database: look at it now. Every object once
-        // the notifications may have missed some.
-        .reconcile_on(rows.objects)
-        .reconcile_on(paced(store.clone(), rows.everything))
-        .reconcile_on(paced(store, policy_changed))
+    let controller = controller
         // A tenant going live, or its instance fingerprint changing, decides
         // whether its grants can be imported.
         .watches_shared_stream(feeds.tenants.subscribe(Changes::All), move |tenant| {
@@ -105,14 +97,8 @@ pub fn run(
             grants(&by_grant, |other| {
                 other.metadata.uid != changed.metadata.uid && related(&changed, other)
             })
-        })
-        .graceful_shutdown_on(shutdown)
-        .run(
-            shell::reconcile::<LicenseGrant>,
-            shell::error_policy::<LicenseGrant>,
-            ctx,
-        );
-    Box::pin(shell::drain(controller))
+        });
+    shell::run(controller, ctx, shutdown)
 }
 
 #[cfg(test)]

@@ -2,17 +2,22 @@
 //! finalizer, the pipeline, the status write, metrics and back-off. A kind
 //! plugs in by implementing [`Reconciled`].
 
+use super::policy_fan_out::paced;
+use super::row_changes::RowChanges;
 use super::status::{self, WithStatus};
+use super::watches::{Changes, Feed};
 use super::{Context, FINALIZER};
 use crate::Error;
 use crate::metrics::{ErrorLabels, KindLabels, ReconcileLabels};
 use countersign_reconcilers::Outcome;
 use countersign_reconcilers::approval::{ApprovedChange, Inputs};
 use countersign_reconcilers::report::DeletionGate;
+use kube::Resource;
 use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams};
-use kube::runtime::controller::Action;
+use kube::runtime::controller::{Action, Controller};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::runtime::reflector::Store;
 use serde::Serialize;
 use std::future::Future;
 use std::sync::Arc;
@@ -302,6 +307,43 @@ pub fn error_policy<K: Reconciled>(obj: Arc<K>, error: &Error, ctx: Arc<Context>
     tracing::warn!(kind = K::KIND, object = %obj.name_any(), namespace = obj.namespace(), reason = error.reason(),
         error = %error, retry_in = ?delay, "reconcile failed");
     Action::requeue(delay)
+}
+
+/// The controller every kind starts from: fed by its kind's shared watch
+/// (its own status writes do not come back to it), bounded by the shared
+/// reconcile slots, told when its rows change in the database (and to look
+/// at everything after the notifications may have missed some) and when its
+/// rules under the two-person rule change. Returns the controller and its
+/// cache, for the kind's own related-object triggers.
+pub fn controller<K>(
+    ctx: &Context,
+    feed: &mut Feed<K>,
+    row_changes: &mut RowChanges,
+    rules_changed: impl futures::Stream<Item = ()> + Send + 'static,
+) -> (Controller<K>, Store<K>)
+where
+    K: Reconciled + Resource<DynamicType = ()>,
+{
+    let store = feed.store();
+    let rows = row_changes.subscribe::<K>(K::KIND);
+    let controller = Controller::for_shared_stream(feed.subscribe(Changes::Declared), store.clone())
+        .with_config(ctx.controller_config())
+        .reconcile_on(rows.objects)
+        .reconcile_on(paced(store.clone(), rows.everything))
+        .reconcile_on(paced(store.clone(), rules_changed));
+    (controller, store)
+}
+
+/// Runs `controller` with the shared pipeline shell until `shutdown` resolves.
+pub fn run<K: Reconciled>(
+    controller: Controller<K>,
+    ctx: Arc<Context>,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) -> futures::future::BoxFuture<'static, ()> {
+    let stream = controller
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile::<K>, error_policy::<K>, ctx);
+    Box::pin(drain(stream))
 }
 
 /// Logs the end of each reconcile stream item at debug level.

@@ -5,7 +5,6 @@
 //! re-reconciles when that Secret or the Tenant changes. The database half
 //! (sealing, storing, revoking, the test delivery) is the pipeline's.
 
-use super::policy_fan_out::paced;
 use super::shell::{self, Pass, Reconciled};
 use super::watches::{Changes, Feeds};
 use super::{Context, FIELD_MANAGER};
@@ -19,7 +18,6 @@ use countersign_reconcilers::webhook_subscription::{self as pipeline, SigningSec
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, ObjectMeta, PostParams};
-use kube::runtime::controller::Controller;
 use kube::runtime::events::{Event, EventType};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Resource, ResourceExt};
@@ -282,37 +280,28 @@ pub fn run(
     policy_changed: impl futures::Stream<Item = ()> + Send + 'static,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) -> futures::future::BoxFuture<'static, ()> {
-    let store = feeds.webhook_subscriptions.store();
+    let (controller, store) = shell::controller(
+        &ctx,
+        &mut feeds.webhook_subscriptions,
+        &mut feeds.row_changes,
+        policy_changed,
+    );
     let (by_secret, by_tenant) = (store.clone(), store.clone());
-    let rows = feeds.row_changes.subscribe::<WebhookSubscription>(pipeline::KIND);
-    let controller =
-        Controller::for_shared_stream(feeds.webhook_subscriptions.subscribe(Changes::Declared), store.clone())
-            .with_config(ctx.controller_config())
-            // Its row edited in the database: look at it now. Every object once
-            // the notifications may have missed some.
-            .reconcile_on(rows.objects)
-            .reconcile_on(paced(store.clone(), rows.everything))
-            .reconcile_on(paced(store, policy_changed))
-            // Secrets are watched by metadata only: the operator learns that a
-            // Secret changed (a referenced one edited, a generated one deleted)
-            // without holding every Secret's data in memory.
-            .watches_shared_stream(feeds.secrets.subscribe(Changes::All), move |secret| {
-                let (ns, name) = (secret.namespace(), secret.name_any());
-                subscriptions(&by_secret, |ws| ws.namespace() == ns && uses_secret(ws, &name))
-            })
-            // A tenant going live, or changing its allowed namespaces, decides
-            // whether waiting or refused subscriptions may proceed.
-            .watches_shared_stream(feeds.tenants.subscribe(Changes::All), move |tenant| {
-                let name = tenant.name_any();
-                subscriptions(&by_tenant, |ws| ws.spec.tenant_ref.name == name)
-            })
-            .graceful_shutdown_on(shutdown)
-            .run(
-                shell::reconcile::<WebhookSubscription>,
-                shell::error_policy::<WebhookSubscription>,
-                ctx,
-            );
-    Box::pin(shell::drain(controller))
+    let controller = controller
+        // Secrets are watched by metadata only: the operator learns that a
+        // Secret changed (a referenced one edited, a generated one deleted)
+        // without holding every Secret's data in memory.
+        .watches_shared_stream(feeds.secrets.subscribe(Changes::All), move |secret| {
+            let (ns, name) = (secret.namespace(), secret.name_any());
+            subscriptions(&by_secret, |ws| ws.namespace() == ns && uses_secret(ws, &name))
+        })
+        // A tenant going live, or changing its allowed namespaces, decides
+        // whether waiting or refused subscriptions may proceed.
+        .watches_shared_stream(feeds.tenants.subscribe(Changes::All), move |tenant| {
+            let name = tenant.name_any();
+            subscriptions(&by_tenant, |ws| ws.spec.tenant_ref.name == name)
+        });
+    shell::run(controller, ctx, shutdown)
 }
 
 #[cfg(test)]
