@@ -148,6 +148,11 @@ async fn an_edited_row_is_restored_within_a_second_and_only_its_object_is_looked
     assert!(!drifted[0].1.contains("Edited behind"), "{drifted:?}");
     // The object reports nothing new: it is live as declared.
     assert!(ready(&w.api.get(&edited).await?));
+    assert_eq!(
+        metric(&w.op, "countersign_objects{kind=\"Tenant\",state=\"Ready\"}").await?,
+        2.0,
+        "both Tenants counted as Ready"
+    );
     w.op.shutdown().await;
     Ok(())
 }

@@ -146,6 +146,30 @@ mod tests {
         EffectivePolicy::from_specs([&spec])
     }
 
+    #[tokio::test]
+    async fn a_pass_hands_on_every_object_once_a_batch_at_a_time() {
+        use countersign_crds::Tenant;
+        use kube::runtime::watcher::Event;
+        let mut writer = kube::runtime::reflector::store::Writer::<Tenant>::default();
+        for i in 0..(PACE_BATCH * 2 + 10) {
+            let t: Tenant = serde_json::from_value(serde_json::json!({
+                "apiVersion": "platform.countersign.dev/v1alpha1", "kind": "Tenant",
+                "metadata": {"name": format!("t{i}")}, "spec": {"slug": format!("t{i}"), "name": "T"},
+            }))
+            .expect("fixture");
+            writer.apply_watcher_event(&Event::Apply(t));
+        }
+        let started = std::time::Instant::now();
+        let refs: Vec<_> = paced(writer.as_reader(), futures::stream::iter([()])).collect().await;
+        let names: BTreeSet<String> = refs.iter().map(|r| r.name.clone()).collect();
+        assert_eq!((refs.len(), names.len()), (PACE_BATCH * 2 + 10, PACE_BATCH * 2 + 10));
+        assert!(
+            started.elapsed() >= PACE_PAUSE * 2,
+            "three batches, two pauses: {:?}",
+            started.elapsed()
+        );
+    }
+
     #[test]
     fn a_rule_about_one_kind_changes_nothing_for_another() {
         let none = BTreeSet::new();
