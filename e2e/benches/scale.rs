@@ -199,7 +199,7 @@ impl Args {
                 "--resync-seconds" => args.resync_seconds = number(&flag, &value()?)?,
                 "--timeout-seconds" => args.timeout_seconds = number(&flag, &value()?)?,
                 "--operator-arg" => args.operator_args.push(value()?),
-                "--json" => args.json = Some(PathBuf::from(value()?)),
+                "--json" => args.json = Some(from_invocation_dir(PathBuf::from(value()?))),
                 "--set" => {
                     args.set = match value()?.as_str() {
                         "tenants" => Set::Tenants,
@@ -223,6 +223,16 @@ impl Args {
     /// The limit of each wait.
     fn timeout(&self) -> Duration {
         Duration::from_secs(self.timeout_seconds)
+    }
+}
+
+/// `path` relative to the directory the benchmark was invoked from: cargo
+/// runs a bench in its package's directory (`e2e/`), but the shell's `PWD`
+/// is passed on.
+fn from_invocation_dir(path: PathBuf) -> PathBuf {
+    match std::env::var_os("PWD") {
+        Some(pwd) if path.is_relative() => PathBuf::from(pwd).join(path),
+        _ => path,
     }
 }
 
@@ -542,6 +552,18 @@ impl ApiCounts {
     /// Every write request, background left out.
     fn total_writes(&self) -> f64 {
         self.writes().values().sum()
+    }
+
+    /// Write requests answered with an error status, by `VERB resource → code`.
+    fn failed_writes(&self) -> BTreeMap<String, f64> {
+        let mut out = BTreeMap::new();
+        for (s, v) in &self.0 {
+            if WRITE_VERBS.contains(&s.verb.as_str()) && !is_background(&s.resource) && !s.code.starts_with('2') {
+                let key = (s.verb.clone(), s.resource.clone(), s.subresource.clone());
+                *out.entry(format!("{} → {}", write_label(&key), s.code)).or_insert(0.0) += v;
+            }
+        }
+        out
     }
 
     /// Requests answered 409 Conflict, any verb.
@@ -1350,6 +1372,16 @@ impl World {
     async fn db_stats(&self) -> anyhow::Result<DbStats> {
         db_stats(&self.monitor, &self.database).await
     }
+
+    /// The requests the stub IdP and the webhook receiver have seen.
+    fn outbound(&self) -> Outbound {
+        let base = self.stub.base_url();
+        let path = |url: String| url.strip_prefix(&base).map(str::to_owned).unwrap_or(url);
+        Outbound {
+            oidc: self.stub.hits(&path(self.stub.discovery_url())) + self.stub.hits(&path(self.stub.jwks_url())),
+            webhook: self.receiver.deliveries().len(),
+        }
+    }
 }
 
 /// The operator's encryption key: 32 random bytes in a Secret, as `scripts/up.sh` makes it.
@@ -1525,6 +1557,8 @@ async fn delete_bare(client: &Client, objects: Vec<Planned>, concurrency: usize)
 struct Snapshot {
     /// When it was taken.
     at: Instant,
+    /// The same, on the clock PostgreSQL's timestamps use.
+    wall: chrono::DateTime<chrono::Utc>,
     /// The API server's requests.
     api: ApiCounts,
     /// The bench database's statistics.
@@ -1535,18 +1569,36 @@ struct Snapshot {
     cpu: Vec<f64>,
     /// The Synced=False flips so far.
     synced_false: BTreeMap<Kind, u64>,
+    /// Outbound calls that reached the stub IdP and the webhook receiver.
+    outbound: Outbound,
 }
 
-/// Takes a [`Snapshot`].
-async fn snapshot(world: &World, fleet: &Fleet, tracker: &Tracker) -> anyhow::Result<Snapshot> {
+/// Takes a [`Snapshot`] (of the operators' counters too, unless `fleet` is None:
+/// none is running).
+async fn snapshot(world: &World, fleet: Option<&Fleet>, tracker: &Tracker) -> anyhow::Result<Snapshot> {
+    let (operators, cpu) = match fleet {
+        Some(fleet) => (fleet.metrics().await?, fleet.cpu()?),
+        None => (Vec::new(), Vec::new()),
+    };
     Ok(Snapshot {
         at: Instant::now(),
+        wall: chrono::Utc::now(),
         api: ApiCounts::scrape(&world.client).await?,
         db: world.db_stats().await?,
-        operators: fleet.metrics().await?,
-        cpu: fleet.cpu()?,
+        operators,
+        cpu,
         synced_false: tracker.synced_false(),
+        outbound: world.outbound(),
     })
+}
+
+/// Requests the operators made to the benchmark's outbound endpoints.
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+struct Outbound {
+    /// OIDC discovery documents and JWKS fetched from the stub IdP.
+    oidc: usize,
+    /// Deliveries that reached the webhook receiver.
+    webhook: usize,
 }
 
 /// What changed between two snapshots.
@@ -1554,6 +1606,10 @@ async fn snapshot(world: &World, fleet: &Fleet, tracker: &Tracker) -> anyhow::Re
 struct Window {
     /// Seconds between them.
     seconds: f64,
+    /// When the first was taken.
+    from: chrono::DateTime<chrono::Utc>,
+    /// When the second was taken.
+    to: chrono::DateTime<chrono::Utc>,
     /// API writes by `verb resource[/subresource]`, the benchmark's own taken out.
     #[serde(serialize_with = "write_map")]
     operator_writes: BTreeMap<WriteKey, f64>,
@@ -1574,6 +1630,11 @@ struct Window {
     cpu: Vec<f64>,
     /// Synced=False flips by kind.
     synced_false: BTreeMap<Kind, u64>,
+    /// API writes answered with an error, by `VERB resource → code` (the
+    /// benchmark's included).
+    failed_writes: BTreeMap<String, f64>,
+    /// Outbound calls.
+    outbound: Outbound,
 }
 
 /// Serializes a [`WriteKey`] map as `{"PATCH tenants/status": n}`.
@@ -1617,6 +1678,8 @@ impl Window {
         let sum = |s: &Snapshot| s.operators.iter().map(|m| m.reconciles).sum::<f64>();
         Window {
             seconds: (after.at - before.at).as_secs_f64(),
+            from: before.wall,
+            to: after.wall,
             operator_writes,
             bench_writes: bench,
             background_writes: api.background_writes(),
@@ -1636,12 +1699,22 @@ impl Window {
                 .map(|(k, v)| (*k, v - before.synced_false.get(k).copied().unwrap_or(0)))
                 .filter(|(_, v)| *v > 0)
                 .collect(),
+            failed_writes: api.failed_writes(),
+            outbound: Outbound {
+                oidc: after.outbound.oidc - before.outbound.oidc,
+                webhook: after.outbound.webhook - before.outbound.webhook,
+            },
         }
     }
 
     /// All operator writes.
     fn operator_total(&self) -> f64 {
         z(self.operator_writes.values().sum())
+    }
+
+    /// The autovacuum runs of `runs` that ended in the window.
+    fn maintenance<'a>(&self, runs: &'a [Maintenance]) -> Vec<&'a Maintenance> {
+        runs.iter().filter(|m| m.at >= self.from && m.at <= self.to).collect()
     }
 
     /// All errors of all shards.
@@ -1748,7 +1821,7 @@ async fn converge(
     bare: Duration,
 ) -> anyhow::Result<Convergence> {
     let n = objects.len();
-    let before = snapshot(world, fleet, tracker).await?;
+    let before = snapshot(world, Some(fleet), tracker).await?;
     let writes = Arc::new(BenchWrites::default());
     let started = Instant::now();
     let mut creating = tokio::spawn({
@@ -1811,7 +1884,7 @@ async fn converge(
     let (shard_seconds, shard_objects) = per_shard(tracker, started, args.shards);
     let settle = wait_quiet(world, fleet, started, args.timeout()).await?;
     tokio::time::sleep(PG_STATS_FLUSH).await;
-    let after = snapshot(world, fleet, tracker).await?;
+    let after = snapshot(world, Some(fleet), tracker).await?;
     Ok(Convergence {
         bare_seconds: bare.as_secs_f64(),
         operator_seconds: operator_seconds.as_secs_f64(),
@@ -1853,7 +1926,7 @@ struct Idle {
 
 /// Sits idle for the window, sampling RSS every second.
 async fn idle(world: &World, fleet: &mut Fleet, tracker: &Tracker, seconds: u64) -> anyhow::Result<Idle> {
-    let before = snapshot(world, fleet, tracker).await?;
+    let before = snapshot(world, Some(fleet), tracker).await?;
     let mut rss = RssMax::default();
     rss.sample(&fleet.rss());
     let end = Instant::now() + Duration::from_secs(seconds);
@@ -1864,7 +1937,7 @@ async fn idle(world: &World, fleet: &mut Fleet, tracker: &Tracker, seconds: u64)
     }
     let end_rss = fleet.rss();
     rss.sample(&end_rss);
-    let after = snapshot(world, fleet, tracker).await?;
+    let after = snapshot(world, Some(fleet), tracker).await?;
     Ok(Idle {
         window: Window::between(&before, &after, BTreeMap::new()),
         max_rss_kib: rss.0,
@@ -1890,7 +1963,7 @@ async fn single_changes(
     count: usize,
 ) -> anyhow::Result<Changes> {
     let writes = BenchWrites::default();
-    let before = snapshot(world, fleet, tracker).await?;
+    let before = snapshot(world, Some(fleet), tracker).await?;
     let mut samples_ms = Vec::with_capacity(count);
     for i in 0..count {
         let Some(p) = tenants.get(i % tenants.len().max(1)) else {
@@ -1923,7 +1996,7 @@ async fn single_changes(
         samples_ms.push(started.elapsed().as_secs_f64() * 1000.0);
     }
     tokio::time::sleep(PG_STATS_FLUSH).await;
-    let after = snapshot(world, fleet, tracker).await?;
+    let after = snapshot(world, Some(fleet), tracker).await?;
     Ok(Changes {
         samples_ms,
         window: Window::between(&before, &after, writes.snapshot()),
@@ -2024,29 +2097,17 @@ async fn restart(
     }
     // The stopped processes' backends flushed their statistics as they exited.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let before = snapshot_without_operators(world, tracker).await?;
+    let before = snapshot(world, None, tracker).await?;
     let started = Instant::now();
     let leading = fleet.start_all(shards, timeout).await?;
     let quiet = wait_quiet(world, fleet, started, timeout).await?;
     tokio::time::sleep(PG_STATS_FLUSH).await;
-    let after = snapshot(world, fleet, tracker).await?;
+    let after = snapshot(world, Some(fleet), tracker).await?;
     Ok(Restart {
         shutdown_seconds,
         leading_seconds: leading.iter().map(Duration::as_secs_f64).collect(),
         quiet,
         window: Window::between(&before, &after, BTreeMap::new()),
-    })
-}
-
-/// A [`Snapshot`] while no operator runs.
-async fn snapshot_without_operators(world: &World, tracker: &Tracker) -> anyhow::Result<Snapshot> {
-    Ok(Snapshot {
-        at: Instant::now(),
-        api: ApiCounts::scrape(&world.client).await?,
-        db: world.db_stats().await?,
-        operators: Vec::new(),
-        cpu: Vec::new(),
-        synced_false: tracker.synced_false(),
     })
 }
 
@@ -2107,6 +2168,52 @@ async fn ownership(world: &World, tracker: &Tracker) -> anyhow::Result<Ownership
     })
 }
 
+/// An autovacuum or autoanalyze run of the bench database, as
+/// `pg_stat_all_tables` last recorded it for a table (an earlier run of the
+/// same table is not seen). Its transactions and catalog rows (an analyze
+/// rewrites `pg_statistic`) count in `pg_stat_database` like the operator's.
+#[derive(Clone, Debug, Serialize)]
+struct Maintenance {
+    /// The table.
+    table: String,
+    /// `autovacuum` or `autoanalyze`.
+    what: &'static str,
+    /// When it ended.
+    at: chrono::DateTime<chrono::Utc>,
+}
+
+/// The last autovacuum and autoanalyze of every table of the bench database.
+async fn maintenance(world: &World) -> anyhow::Result<Vec<Maintenance>> {
+    type Row = (
+        String,
+        Option<chrono::DateTime<chrono::Utc>>,
+        Option<chrono::DateTime<chrono::Utc>>,
+    );
+    let owner = world.owner().await?;
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT relname::text, last_autovacuum, last_autoanalyze FROM pg_stat_all_tables \
+         WHERE last_autovacuum IS NOT NULL OR last_autoanalyze IS NOT NULL",
+    )
+    .fetch_all(&owner)
+    .await
+    .context("reading pg_stat_all_tables")?;
+    owner.close().await;
+    let mut out = Vec::new();
+    for (table, vacuum, analyze) in rows {
+        for (what, at) in [("autovacuum", vacuum), ("autoanalyze", analyze)] {
+            if let Some(at) = at {
+                out.push(Maintenance {
+                    table: table.clone(),
+                    what,
+                    at,
+                });
+            }
+        }
+    }
+    out.sort_by_key(|m| m.at);
+    Ok(out)
+}
+
 // ---------------------------------------------------------------------------
 // The run
 // ---------------------------------------------------------------------------
@@ -2132,6 +2239,8 @@ struct Results {
     restart: Restart,
     /// 9.
     ownership: Ownership,
+    /// Autovacuum runs, to tell their database work from the operators'.
+    maintenance: Vec<Maintenance>,
 }
 
 #[tokio::main]
@@ -2157,10 +2266,23 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The first three fields of `/proc/loadavg`.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "?".into())
+}
+
 /// Runs every phase.
 async fn run(args: &Args, bin: PathBuf) -> anyhow::Result<Results> {
+    let load_before = load_average();
     let world = World::start(args.set).await?;
-    let outcome = phases(args, bin, &world).await;
+    let mut outcome = phases(args, bin, &world).await;
+    if let Ok(results) = &mut outcome {
+        // Other work on the machine shows in every timing: say how busy it was.
+        let load = format!("{load_before} before, {} after", load_average());
+        results.environment.insert("load average (1, 5, 15 min)".into(), load);
+    }
     match &outcome {
         Ok(_) => {
             let _ = std::fs::remove_dir_all(&world.dir);
@@ -2274,6 +2396,7 @@ async fn phases(args: &Args, bin: PathBuf, world: &World) -> anyhow::Result<Resu
     progress("restart: SIGTERM, start again, wait until idle");
     let restart = restart(world, &mut fleet, &tracker, args.shards, args.timeout()).await?;
     let ownership = ownership(world, &tracker).await?;
+    let maintenance = maintenance(world).await?;
     // Every object must still be Ready at its generation after all that.
     let n = objects.len();
     tracker
@@ -2309,6 +2432,7 @@ async fn phases(args: &Args, bin: PathBuf, world: &World) -> anyhow::Result<Resu
         drift,
         restart,
         ownership,
+        maintenance,
     })
 }
 
@@ -2349,7 +2473,9 @@ fn render(r: &Results) -> String {
     );
     let _ = writeln!(
         out,
-        "kube-apiserver {}, PostgreSQL {}, {} CPUs; applier concurrency {}; operator `run --resync-seconds {}{}`\n",
+        "kube-apiserver {}, PostgreSQL {}, {} CPUs; applier concurrency {}; operator: \
+         `countersign run --resync-seconds {} --approval-floor=false --outbound-allow-loopback{}` \
+         as the chart's ServiceAccount\n",
         r.environment.get("kube-apiserver").map_or("?", String::as_str),
         r.environment.get("postgres").map_or("?", String::as_str),
         r.environment.get("cpus").map_or("?", String::as_str),
@@ -2360,6 +2486,9 @@ fn render(r: &Results) -> String {
             .iter()
             .fold(String::new(), |acc, a| format!("{acc} {a}"))
     );
+    if let Some(load) = r.environment.get("load average (1, 5, 15 min)") {
+        let _ = writeln!(out, "load average (1, 5, 15 min): {load}\n");
+    }
     render_convergence(&mut out, r, n);
     render_writes(
         &mut out,
@@ -2367,7 +2496,13 @@ fn render(r: &Results) -> String {
         &r.convergence.window,
         n,
     );
-    render_db(&mut out, "Database during the burst", &r.convergence.window, n);
+    render_db(
+        &mut out,
+        "Database during the burst",
+        &r.convergence.window,
+        n,
+        &r.maintenance,
+    );
     render_errors(&mut out, &r.convergence.window);
     render_idle(&mut out, r);
     render_changes(&mut out, r);
@@ -2464,7 +2599,7 @@ fn render_writes(out: &mut String, title: &str, w: &Window, n: f64) {
 }
 
 /// Section 3, or any window's database work.
-fn render_db(out: &mut String, title: &str, w: &Window, n: f64) {
+fn render_db(out: &mut String, title: &str, w: &Window, n: f64, runs: &[Maintenance]) {
     let d = w.db;
     let _ = writeln!(out, "### {title}\n\n| counter | total | per object |\n|---|---:|---:|");
     for (name, v) in [
@@ -2475,7 +2610,7 @@ fn render_db(out: &mut String, title: &str, w: &Window, n: f64) {
     ] {
         let _ = writeln!(out, "| {name} | {v} | {} |", per(v as f64, n));
     }
-    out.push('\n');
+    let _ = writeln!(out, "\n{}\n", maintenance_note(w, runs));
 }
 
 /// Section 4.
@@ -2507,6 +2642,22 @@ fn render_errors(out: &mut String, w: &Window) {
     }
     let _ = writeln!(out, "| reconciles (all shards) | {:.0} |", w.reconciles);
     let _ = writeln!(out, "| API answers 409 Conflict | {:.0} |", z(w.conflicts));
+    let failed: Vec<String> = w.failed_writes.iter().map(|(k, v)| format!("{v:.0} {k}")).collect();
+    let _ = writeln!(
+        out,
+        "| API writes answered with an error | {:.0}{} |",
+        z(w.failed_writes.values().sum()),
+        if failed.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", failed.join(", "))
+        }
+    );
+    let _ = writeln!(
+        out,
+        "| outbound: OIDC discovery + JWKS / webhook deliveries | {} / {} |",
+        w.outbound.oidc, w.outbound.webhook
+    );
     out.push('\n');
 }
 
@@ -2540,7 +2691,17 @@ fn render_idle(out: &mut String, r: &Results) {
         w.db.transactions,
         w.db.rows()
     );
+    let _ = writeln!(
+        out,
+        "| autovacuum in the window | {} |",
+        maintenance_note(w, &r.maintenance)
+    );
     let _ = writeln!(out, "| reconciles | {:.0} |", w.reconciles);
+    let _ = writeln!(
+        out,
+        "| outbound: OIDC discovery + JWKS / webhook deliveries | {} / {} |",
+        w.outbound.oidc, w.outbound.webhook
+    );
     let cpu: f64 = w.cpu.iter().sum();
     let _ = writeln!(
         out,
@@ -2569,9 +2730,9 @@ fn render_changes(out: &mut String, r: &Results) {
     );
     let _ = writeln!(
         out,
-        "| p50 | p99 | min | max | API writes per change | DB transactions per change |"
+        "| p50 | p99 | min | max | API writes per change | DB transactions per change | reconciles per change | OIDC calls per change |"
     );
-    let _ = writeln!(out, "|---:|---:|---:|---:|---|---:|");
+    let _ = writeln!(out, "|---:|---:|---:|---:|---|---:|---:|---:|");
     let writes: Vec<String> = c
         .window
         .operator_writes
@@ -2580,14 +2741,16 @@ fn render_changes(out: &mut String, r: &Results) {
         .collect();
     let _ = writeln!(
         out,
-        "| {:.1} ms | {:.1} ms | {:.1} ms | {:.1} ms | {} ({}) | {} |\n",
+        "| {:.1} ms | {:.1} ms | {:.1} ms | {:.1} ms | {} ({}) | {} | {} | {} |\n",
         percentile(&sorted, 0.5),
         percentile(&sorted, 0.99),
         sorted.first().copied().unwrap_or(f64::NAN),
         sorted.last().copied().unwrap_or(f64::NAN),
         per(c.window.operator_total(), m),
         writes.join(", "),
-        per(c.window.db.transactions as f64, m)
+        per(c.window.db.transactions as f64, m),
+        per(c.window.reconciles, m),
+        per(c.window.outbound.oidc as f64, m)
     );
 }
 
@@ -2681,8 +2844,18 @@ fn render_restart(out: &mut String, r: &Results, n: f64) {
         per(s.window.db.transactions as f64, n),
         s.window.db.rows()
     );
+    let _ = writeln!(
+        out,
+        "| autovacuum in the window | {} |",
+        maintenance_note(&s.window, &r.maintenance)
+    );
     let _ = writeln!(out, "| reconciles | {:.0} |", s.window.reconciles);
     let _ = writeln!(out, "| reconcile errors | {:.0} |", s.window.error_total());
+    let _ = writeln!(
+        out,
+        "| outbound: OIDC discovery + JWKS / webhook deliveries | {} / {} |",
+        s.window.outbound.oidc, s.window.outbound.webhook
+    );
     let _ = writeln!(
         out,
         "| max RSS after restart | {} |\n",
@@ -2736,6 +2909,23 @@ fn last_moves(q: &Quiet) -> String {
         at(q.last_db_write),
         at(q.last_reconcile)
     )
+}
+
+/// Which autovacuum runs ended in the window (their work is in its counters).
+fn maintenance_note(w: &Window, runs: &[Maintenance]) -> String {
+    let inside: Vec<String> = w
+        .maintenance(runs)
+        .iter()
+        .map(|m| format!("{} {}", m.what, m.table))
+        .collect();
+    if inside.is_empty() {
+        "no autovacuum or autoanalyze ended in the window".into()
+    } else {
+        format!(
+            "autovacuum ran in the window (its transactions and catalog rows are counted): {}",
+            inside.join(", ")
+        )
+    }
 }
 
 /// `v` with a negative zero (an empty sum) made positive, for printing.
