@@ -97,32 +97,37 @@ pub async fn reconcile<K: Reconciled>(obj: Arc<K>, ctx: Arc<Context>) -> Result<
     let result = match deletion_gate(&api, &obj, &ctx).await {
         Err(e) => Err(e),
         Ok(Err(hold)) => Ok(hold),
-        Ok(Ok(approved)) => finalizer(&api, FINALIZER, obj.clone(), |event| async {
-            match event {
-                Finalizer::Apply(o) => apply(&api, &o, &ctx).await,
-                Finalizer::Cleanup(o) => match o.cleanup(&ctx, approved).await? {
-                    Ok(()) => {
-                        ctx.pending.track(&o.uid().unwrap_or_default(), false, &ctx.metrics);
-                        ctx.object_states
-                            .track(K::KIND, &o.uid().unwrap_or_default(), None, &ctx.metrics);
-                        Ok(Action::await_change())
-                    }
-                    // Keep the finalizer: report why and fail this cleanup so
-                    // the finalizer helper does not remove it.
-                    Err(outcome) => {
-                        let previous = K::current(&o);
-                        let new = status_from::<K>(&outcome, previous, o.meta().generation, &now());
-                        status::write(&api, o.as_ref(), previous, &new, &ctx).await?;
-                        Err(Error::DeletionRefused)
-                    }
-                },
-            }
-        })
-        .await
-        .map_err(|e| match e {
-            kube::runtime::finalizer::Error::ApplyFailed(e) | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
-            other => Error::Finalizer(other.to_string()),
-        }),
+        Ok(Ok(approved)) => match with_finalizer(&api, obj.clone()).await {
+            Err(e) => Err(e),
+            Ok(obj) => finalizer(&api, FINALIZER, obj, |event| async {
+                match event {
+                    Finalizer::Apply(o) => apply(&api, &o, &ctx).await,
+                    Finalizer::Cleanup(o) => match o.cleanup(&ctx, approved).await? {
+                        Ok(()) => {
+                            ctx.pending.track(&o.uid().unwrap_or_default(), false, &ctx.metrics);
+                            ctx.object_states
+                                .track(K::KIND, &o.uid().unwrap_or_default(), None, &ctx.metrics);
+                            Ok(Action::await_change())
+                        }
+                        // Keep the finalizer: report why and fail this cleanup so
+                        // the finalizer helper does not remove it.
+                        Err(outcome) => {
+                            let previous = K::current(&o);
+                            let new = status_from::<K>(&outcome, previous, o.meta().generation, &now());
+                            status::write(&api, o.as_ref(), previous, &new, &ctx).await?;
+                            Err(Error::DeletionRefused)
+                        }
+                    },
+                }
+            })
+            .await
+            .map_err(|e| match e {
+                kube::runtime::finalizer::Error::ApplyFailed(e) | kube::runtime::finalizer::Error::CleanupFailed(e) => {
+                    e
+                }
+                other => Error::Finalizer(other.to_string()),
+            }),
+        },
     };
     ctx.metrics
         .duration
@@ -153,6 +158,34 @@ fn scopeguard<F: FnOnce()>(f: F) -> impl Drop {
         }
     }
     Guard(Some(f))
+}
+
+/// The object with the operator's finalizer: as it is when it carries it
+/// (or is being deleted), else as the API server returns it after adding it.
+/// The same pass then goes on to write the row: a new object costs one
+/// reconcile, not one to add the finalizer and another once its watch event
+/// comes back. The patch only applies to the finalizers it was computed from
+/// (JSON patch `test`), as kube's finalizer helper does it.
+async fn with_finalizer<K: Reconciled>(api: &Api<K>, obj: Arc<K>) -> Result<Arc<K>, Error> {
+    if obj.meta().deletion_timestamp.is_some() || obj.finalizers().iter().any(|f| f == FINALIZER) {
+        return Ok(obj);
+    }
+    let ops = match obj.meta().finalizers.as_ref() {
+        None => serde_json::json!([
+            {"op": "test", "path": "/metadata/finalizers", "value": null},
+            {"op": "add", "path": "/metadata/finalizers", "value": [FINALIZER]},
+        ]),
+        Some(current) => serde_json::json!([
+            {"op": "test", "path": "/metadata/finalizers", "value": current},
+            {"op": "add", "path": "/metadata/finalizers/-", "value": FINALIZER},
+        ]),
+    };
+    let patch: json_patch::Patch = serde_json::from_value(ops).map_err(|e| Error::Finalizer(e.to_string()))?;
+    let patched = api
+        .patch(&obj.name_any(), &PatchParams::default(), &Patch::<()>::Json(patch))
+        .await
+        .map_err(|e| Error::Finalizer(e.to_string()))?;
+    Ok(Arc::new(patched))
 }
 
 /// For an object being deleted that still carries the finalizer: Ok(approval)

@@ -39,8 +39,10 @@ pub enum Changes {
     /// object (a Tenant going live releases its waiting providers).
     All,
     /// What the object's own controller acts on: its spec (generation),
-    /// labels, annotations (approvals), finalizers and deletion. Its own
-    /// status writes do not come back to it as another reconcile.
+    /// labels, annotations (approvals) and deletion, and any object that does
+    /// not carry the operator's finalizer (new, or stripped of it). Its own
+    /// status writes, and its own adding of the finalizer, do not come back
+    /// to it as another reconcile.
     Declared,
 }
 
@@ -144,7 +146,9 @@ where
             if let Some(seen) = &mut subscriber.seen {
                 if deleted {
                     seen.remove(&key);
-                } else if seen.insert(key.clone(), declared_hash(obj.as_ref())) == Some(declared_hash(obj.as_ref())) {
+                } else if seen.insert(key.clone(), declared_hash(obj.as_ref())) == Some(declared_hash(obj.as_ref()))
+                    && !needs_finalizer(obj.as_ref())
+                {
                     continue;
                 }
             }
@@ -218,19 +222,33 @@ impl Feeds {
     }
 }
 
-/// The hash of what an object's own controller acts on (see [`Changes::Declared`]).
+/// The hash of what an object's own controller acts on (see
+/// [`Changes::Declared`]). Finalizers are left out: the operator adding its
+/// own is not news, and an object without it is always handed on
+/// ([`needs_finalizer`]).
 fn declared_hash<K: Resource>(obj: &K) -> u64 {
     let meta = obj.meta();
     let mut hasher = DefaultHasher::new();
     meta.generation.hash(&mut hasher);
     meta.labels.hash(&mut hasher);
     meta.annotations.hash(&mut hasher);
-    meta.finalizers.hash(&mut hasher);
     meta.deletion_timestamp
         .as_ref()
         .map(|t| t.0.to_string())
         .hash(&mut hasher);
     hasher.finish()
+}
+
+/// Whether the object lacks the operator's finalizer and is not being
+/// deleted: its controller must look at it (a new object, or one whose
+/// finalizer someone removed).
+fn needs_finalizer<K: Resource>(obj: &K) -> bool {
+    let meta = obj.meta();
+    meta.deletion_timestamp.is_none()
+        && !meta
+            .finalizers
+            .as_ref()
+            .is_some_and(|f| f.iter().any(|f| f == super::FINALIZER))
 }
 
 /// Drops what the operator never reads from a cached object.
@@ -281,8 +299,11 @@ mod tests {
             .annotations_mut()
             .insert("countersign.dev/approved-by".into(), "bob".into());
         assert_ne!(declared_hash(&before), declared_hash(&annotated));
+        // The operator adding its finalizer is not news; an object without
+        // it always is.
         let mut finalized = before.clone();
-        finalized.finalizers_mut().push("countersign.dev/cleanup".into());
-        assert_ne!(declared_hash(&before), declared_hash(&finalized));
+        finalized.finalizers_mut().push(crate::controller::FINALIZER.into());
+        assert_eq!(declared_hash(&before), declared_hash(&finalized));
+        assert!(needs_finalizer(&before) && !needs_finalizer(&finalized));
     }
 }
