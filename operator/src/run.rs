@@ -57,7 +57,7 @@ pub struct RunOptions {
 }
 
 /// The default of `--max-concurrent-reconciles`.
-pub const DEFAULT_MAX_CONCURRENT_RECONCILES: u16 = 16;
+pub const DEFAULT_MAX_CONCURRENT_RECONCILES: u16 = 32;
 
 /// Where and as whom to take part in leader election.
 #[derive(Clone, Debug)]

@@ -181,11 +181,24 @@ async fn with_finalizer<K: Reconciled>(api: &Api<K>, obj: Arc<K>) -> Result<Arc<
         ]),
     };
     let patch: json_patch::Patch = serde_json::from_value(ops).map_err(|e| Error::Finalizer(e.to_string()))?;
-    let patched = api
+    match api
         .patch(&obj.name_any(), &PatchParams::default(), &Patch::<()>::Json(patch))
         .await
-        .map_err(|e| Error::Finalizer(e.to_string()))?;
-    Ok(Arc::new(patched))
+    {
+        Ok(patched) => Ok(Arc::new(patched)),
+        // The cached copy was older than the object: another pass (started
+        // by a related object before this object's own watch event arrived)
+        // may have added the finalizer already. Look at the object itself.
+        Err(kube::Error::Api(status)) if status.code == 422 => {
+            let current = api.get(&obj.name_any()).await?;
+            if current.finalizers().iter().any(|f| f == FINALIZER) || current.meta().deletion_timestamp.is_some() {
+                Ok(Arc::new(current))
+            } else {
+                Err(Error::Finalizer(format!("adding the finalizer was refused: {}", status.message)))
+            }
+        }
+        Err(e) => Err(Error::Finalizer(e.to_string())),
+    }
 }
 
 /// For an object being deleted that still carries the finalizer: Ok(approval)
