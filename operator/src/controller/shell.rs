@@ -194,7 +194,10 @@ async fn with_finalizer<K: Reconciled>(api: &Api<K>, obj: Arc<K>) -> Result<Arc<
             if current.finalizers().iter().any(|f| f == FINALIZER) || current.meta().deletion_timestamp.is_some() {
                 Ok(Arc::new(current))
             } else {
-                Err(Error::Finalizer(format!("adding the finalizer was refused: {}", status.message)))
+                Err(Error::Finalizer(format!(
+                    "adding the finalizer was refused: {}",
+                    status.message
+                )))
             }
         }
         Err(e) => Err(Error::Finalizer(e.to_string())),
