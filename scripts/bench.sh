@@ -12,9 +12,12 @@
 #
 # The markdown report goes to stdout, progress to stderr.
 set -euo pipefail
+# A relative --json path is taken from where the script was started.
+export COUNTERSIGN_BENCH_CWD=$PWD
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-source scripts/lib.sh
-ensure_prerequisites
+# No ensure_prerequisites: the image's musl toolchain is not needed here, and
+# the harness finds (or, as root, installs) PostgreSQL itself.
+command -v cargo >/dev/null 2>&1 || { echo "cargo (Rust) is required" >&2; exit 1; }
 
 echo "==> control plane binaries" >&2
 bash e2e/controlplane/build.sh >/dev/null

@@ -227,10 +227,12 @@ impl Args {
 }
 
 /// `path` relative to the directory the benchmark was invoked from: cargo
-/// runs a bench in its package's directory (`e2e/`), but the shell's `PWD`
-/// is passed on.
+/// runs a bench in its package's directory (`e2e/`), but passes the shell's
+/// `PWD` on (`scripts/bench.sh`, which changes directory, sets
+/// `COUNTERSIGN_BENCH_CWD` to where it was started).
 fn from_invocation_dir(path: PathBuf) -> PathBuf {
-    match std::env::var_os("PWD") {
+    let dir = std::env::var_os("COUNTERSIGN_BENCH_CWD").or_else(|| std::env::var_os("PWD"));
+    match dir {
         Some(pwd) if path.is_relative() => PathBuf::from(pwd).join(path),
         _ => path,
     }
