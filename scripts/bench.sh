@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the release operator binary and runs the scale benchmark
-# (e2e/benches/scale.rs) against it: a real kube-apiserver + etcd and
+# (e2e/benches/scale/) against it: a real kube-apiserver + etcd and
 # PostgreSQL, the operator as separate `countersign run` processes.
 # Every argument goes to the benchmark; `--help` lists them.
 #
