@@ -239,7 +239,7 @@ async fn apply<K: Reconciled>(api: &Api<K>, obj: &K, ctx: &Context) -> Result<Ac
             settle_requests::<K>(obj, previous, &new, ctx).await?;
             status::write(api, obj, previous, &new, ctx).await?;
             if !pass.drift_corrected.is_empty() {
-                status::drift_corrected(obj, K::KIND, &pass.drift_corrected, ctx).await;
+                status::drift_corrected(obj, &pass.drift_corrected, ctx).await;
             }
             consume_approval(api, obj, &new).await;
             Ok(Action::requeue(

@@ -166,20 +166,26 @@ pub async fn write<K: WithStatus>(
             action: "Reconcile".into(),
             secondary: None,
         };
-        if let Err(e) = ctx.recorder.publish(&event, &obj.object_ref(&())).await {
-            tracing::warn!(error = %e, "could not record event");
-        }
+        record(obj, &event, ctx).await;
     }
     Ok(())
+}
+
+/// Records `event` on `obj`; an event that cannot be recorded is logged, not
+/// a reason to fail the reconcile.
+pub async fn record<K: Resource<DynamicType = ()>>(obj: &K, event: &Event, ctx: &Context) {
+    if let Err(e) = ctx.recorder.publish(event, &obj.object_ref(&())).await {
+        tracing::warn!(error = %e, "could not record event");
+    }
 }
 
 /// Records that the row of `obj` was edited behind the operator's back and
 /// restored: a `Drifted` warning event naming the columns (never their
 /// values) and the per-kind drift metric.
-pub async fn drift_corrected<K: WithStatus>(obj: &K, kind: &str, columns: &[&str], ctx: &Context) {
+pub async fn drift_corrected<K: WithStatus>(obj: &K, columns: &[&str], ctx: &Context) {
     ctx.metrics
         .drift_corrections
-        .get_or_create(&crate::metrics::KindLabels { kind: kind.into() })
+        .get_or_create(&crate::metrics::KindLabels { kind: K::KIND.into() })
         .inc();
     let event = Event {
         type_: EventType::Warning,
@@ -191,7 +197,5 @@ pub async fn drift_corrected<K: WithStatus>(obj: &K, kind: &str, columns: &[&str
         action: "CorrectDrift".into(),
         secondary: None,
     };
-    if let Err(e) = ctx.recorder.publish(&event, &obj.object_ref(&())).await {
-        tracing::warn!(error = %e, "could not record event");
-    }
+    record(obj, &event, ctx).await;
 }

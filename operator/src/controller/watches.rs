@@ -142,13 +142,14 @@ where
 
     fn dispatch(&mut self, obj: &Arc<K>, deleted: bool) {
         let key = ObjectRef::from_obj(obj.as_ref());
+        // Computed once per change, not once per subscriber.
+        let hash = declared_hash(obj.as_ref());
+        let needs_finalizer = needs_finalizer(obj.as_ref());
         for subscriber in &mut self.subscribers {
             if let Some(seen) = &mut subscriber.seen {
                 if deleted {
                     seen.remove(&key);
-                } else if seen.insert(key.clone(), declared_hash(obj.as_ref())) == Some(declared_hash(obj.as_ref()))
-                    && !needs_finalizer(obj.as_ref())
-                {
+                } else if seen.insert(key.clone(), hash) == Some(hash) && !needs_finalizer {
                     continue;
                 }
             }

@@ -197,9 +197,7 @@ async fn record_verification_event(ws: &WebhookSubscription, new: &WebhookSubscr
         action: "Verify".into(),
         secondary: None,
     };
-    if let Err(e) = ctx.recorder.publish(&event, &ws.object_ref(&())).await {
-        tracing::warn!(error = %e, "could not record event");
-    }
+    super::status::record(ws, &event, ctx).await;
 }
 
 impl Reconciled for WebhookSubscription {
