@@ -112,6 +112,52 @@ async fn verify_audit_reports_the_first_tampered_entry() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// An append links to the head its process remembers only if that still is
+/// the head: two processes (two keys, each with its own memory of the head)
+/// appending in turn and at once, and an append rolled back after it was
+/// remembered, still leave one intact chain with no two entries claiming the
+/// same predecessor.
+#[tokio::test]
+async fn appenders_that_interleave_or_roll_back_keep_one_chain() -> anyhow::Result<()> {
+    let (_url, pool) = common::database().await?;
+    let (first, second) = (chain_key(), chain_key());
+    append_entries(&pool, &first, &["create"]).await?;
+    append_entries(&pool, &second, &["update"]).await?;
+    // `first` remembers its own entry, which is no longer the head.
+    append_entries(&pool, &first, &["update"]).await?;
+    // Remembered, then rolled back: the next append must not link to it.
+    let mut tx = pool.begin().await?;
+    audit::append(
+        &mut tx,
+        &first,
+        &Entry::now("Tenant", "acme", "rolled-back", "countersign"),
+    )
+    .await?;
+    tx.rollback().await?;
+    append_entries(&pool, &first, &["update"]).await?;
+    let mut writers = tokio::task::JoinSet::new();
+    for i in 0..40 {
+        let (pool, key) = (pool.clone(), if i % 2 == 0 { first.clone() } else { second.clone() });
+        writers.spawn(async move { append_entries(&pool, &key, &["concurrent"]).await });
+    }
+    while let Some(done) = writers.join_next().await {
+        done??;
+    }
+    let verified = audit::verify(&pool, &first).await?;
+    assert_eq!((verified.entries, verified.legacy, verified.broken), (44, 0, None));
+    let forks: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM (SELECT prev_hash FROM audit_log GROUP BY prev_hash HAVING count(*) > 1) AS f",
+    )
+    .fetch_one(&pool)
+    .await?;
+    assert_eq!(forks, 0, "two entries claim the same predecessor");
+    let rolled_back: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_log WHERE action = 'rolled-back'")
+        .fetch_one(&pool)
+        .await?;
+    assert_eq!(rolled_back, 0);
+    Ok(())
+}
+
 #[tokio::test]
 async fn rewriting_the_approver_and_recomputing_the_chain_with_plain_sha256_is_caught() -> anyhow::Result<()> {
     let (_url, pool) = common::database().await?;

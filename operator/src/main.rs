@@ -18,6 +18,13 @@ struct Cli {
     /// Log as JSON lines instead of human-readable text.
     #[arg(long, env = "COUNTERSIGN_LOG_JSON", global = true)]
     log_json: bool,
+    /// Threads that run the operator's asynchronous work. Its work is mostly
+    /// waiting on the API server and the database: one thread keeps up with
+    /// far more than an API server accepts, and more threads mostly wake
+    /// each other (measured by `scripts/bench.sh`).
+    #[arg(long, env = "COUNTERSIGN_WORKER_THREADS", global = true, default_value_t = 1,
+          value_parser = clap::value_parser!(u16).range(1..))]
+    worker_threads: u16,
     #[command(subcommand)]
     command: Command,
 }
@@ -208,11 +215,21 @@ enum LicenseCommand {
     },
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(cli.log_json);
-    match dispatch(cli).await {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(usize::from(cli.worker_threads))
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: starting the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(dispatch(cli)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");

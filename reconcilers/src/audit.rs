@@ -55,6 +55,10 @@ impl Scheme {
 pub struct ChainKey {
     link: hmac::Key,
     anchor: hmac::Key,
+    /// The hash of the last entry appended under this key by this process,
+    /// shared by every clone. Only a hint: [`append`] links to it only if the
+    /// log's head still is that entry when the insert runs.
+    head_hint: std::sync::Arc<std::sync::Mutex<Option<String>>>,
 }
 
 impl std::fmt::Debug for ChainKey {
@@ -70,7 +74,16 @@ impl ChainKey {
         Self {
             link: hmac::Key::new(hmac::HMAC_SHA256, link),
             anchor: hmac::Key::new(hmac::HMAC_SHA256, anchor),
+            head_hint: Default::default(),
         }
+    }
+
+    fn head_hint(&self) -> Option<String> {
+        self.head_hint.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn remember_head(&self, hash: &str) {
+        *self.head_hint.lock().unwrap_or_else(|p| p.into_inner()) = Some(hash.to_string());
     }
 }
 
@@ -170,37 +183,72 @@ impl Entry {
 }
 
 /// Appends an entry, keyed under `key`, inside the caller's transaction.
+///
+/// The chain lock orders appenders; the entry links to the newest row as
+/// seen after the lock is held. When this process appended the newest entry
+/// it knows (the head hint), the insert links to that and checks in the same
+/// statement that it still is the head, saving a round trip; if another
+/// writer appended since (or the transaction that wrote the hint rolled
+/// back), nothing is inserted and the head is read.
 pub async fn append(tx: &mut Transaction<'_, Postgres>, key: &ChainKey, entry: &Entry) -> Result<String, crate::Error> {
     sqlx::query("SELECT pg_advisory_xact_lock($1)")
         .bind(CHAIN_LOCK)
         .execute(&mut **tx)
         .await?;
+    if let Some(prev) = key.head_hint() {
+        let hash = entry.keyed_hash(key, &prev)?;
+        if insert_link(tx, entry, &prev, &hash, true).await? {
+            key.remember_head(&hash);
+            return Ok(hash);
+        }
+    }
     let prev: Option<String> = sqlx::query_scalar("SELECT hash FROM audit_log ORDER BY seq DESC LIMIT 1")
         .fetch_optional(&mut **tx)
         .await?;
     let prev = prev.unwrap_or_else(|| GENESIS.to_string());
     let hash = entry.keyed_hash(key, &prev)?;
-    sqlx::query(
+    insert_link(tx, entry, &prev, &hash, false).await?;
+    key.remember_head(&hash);
+    Ok(hash)
+}
+
+/// Inserts the link; with `if_head`, only if `prev` is the newest row's hash
+/// (the statement's snapshot is taken after the chain lock is held). Returns
+/// whether it inserted.
+async fn insert_link(
+    tx: &mut Transaction<'_, Postgres>,
+    entry: &Entry,
+    prev: &str,
+    hash: &str,
+    if_head: bool,
+) -> Result<bool, crate::Error> {
+    let sql = if if_head {
         "INSERT INTO audit_log (at, kind, object_key, row_id, action, actor, requester, approver, digest, detail,
                                 prev_hash, hash, scheme)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
-    )
-    .bind(entry.at)
-    .bind(&entry.kind)
-    .bind(&entry.object_key)
-    .bind(entry.row_id)
-    .bind(&entry.action)
-    .bind(&entry.actor)
-    .bind(&entry.requester)
-    .bind(&entry.approver)
-    .bind(&entry.digest)
-    .bind(&entry.detail)
-    .bind(&prev)
-    .bind(&hash)
-    .bind(Scheme::Keyed.as_str())
-    .execute(&mut **tx)
-    .await?;
-    Ok(hash)
+         SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13
+          WHERE (SELECT hash FROM audit_log ORDER BY seq DESC LIMIT 1) = $11"
+    } else {
+        "INSERT INTO audit_log (at, kind, object_key, row_id, action, actor, requester, approver, digest, detail,
+                                prev_hash, hash, scheme)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
+    };
+    let done = sqlx::query(sql)
+        .bind(entry.at)
+        .bind(&entry.kind)
+        .bind(&entry.object_key)
+        .bind(entry.row_id)
+        .bind(&entry.action)
+        .bind(&entry.actor)
+        .bind(&entry.requester)
+        .bind(&entry.approver)
+        .bind(&entry.digest)
+        .bind(&entry.detail)
+        .bind(prev)
+        .bind(hash)
+        .bind(Scheme::Keyed.as_str())
+        .execute(&mut **tx)
+        .await?;
+    Ok(done.rows_affected() == 1)
 }
 
 /// One stored row of the log, as read back.

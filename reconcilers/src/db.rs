@@ -121,6 +121,24 @@ impl Ownership {
     }
 }
 
+/// The ownership record in the columns `{prefix}row_id`, `{prefix}object_uid`,
+/// `{prefix}object_ns`, `{prefix}object_name` and `{prefix}digest` of a row a
+/// kind's one-statement observation joined `managed_objects` into (all NULL:
+/// none).
+pub fn ownership_in(row: &sqlx::postgres::PgRow, prefix: &str) -> Result<Option<Ownership>, sqlx::Error> {
+    let column = |name: &str| format!("{prefix}{name}");
+    let Some(row_id) = row.try_get::<Option<Uuid>, _>(column("row_id").as_str())? else {
+        return Ok(None);
+    };
+    Ok(Some(Ownership {
+        row_id,
+        object_uid: row.try_get(column("object_uid").as_str())?,
+        object_ns: row.try_get(column("object_ns").as_str())?,
+        object_name: row.try_get(column("object_name").as_str())?,
+        digest: row.try_get(column("digest").as_str())?,
+    }))
+}
+
 /// The ownership record of a row, if any object manages it.
 pub async fn owner_of_row<'e, E>(executor: E, kind: &str, row_id: Uuid) -> Result<Option<Ownership>, sqlx::Error>
 where

@@ -16,21 +16,20 @@ pub async fn apply(pool: &PgPool, plan: &Plan, who: &Attribution) -> Result<Opti
         }
         Plan::Create(values) => {
             let mut tx = pool.begin().await?;
-            // The object may still own a row that vanished behind its back.
-            sqlx::query("DELETE FROM managed_objects WHERE kind = $1 AND object_uid = $2")
-                .bind(KIND)
-                .bind(&who.uid)
-                .execute(&mut *tx)
-                .await?;
+            // The object may still own a row that vanished behind its back:
+            // that record goes in the statement that inserts the new row.
             let id: Uuid = bind_values(
                 sqlx::query_scalar(
-                    "INSERT INTO tenants (slug, name, description, parent_tenant_id, status, owner_email, owner_display_name,
+                    "WITH stale AS (DELETE FROM managed_objects WHERE kind = $12 AND object_uid = $13)
+                     INSERT INTO tenants (slug, name, description, parent_tenant_id, status, owner_email, owner_display_name,
                                           instance_fingerprint, branding, allowed_namespaces, created_by, updated_by)
                      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11) RETURNING id",
                 ),
                 values,
             )
             .bind(&who.actor)
+            .bind(KIND)
+            .bind(&who.uid)
             .fetch_one(&mut *tx)
             .await?;
             finish(tx, id, "create", false, who).await?;

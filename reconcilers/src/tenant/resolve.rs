@@ -1,7 +1,7 @@
 //! Reads what the database holds for a Tenant (I/O, no writes).
 
 use crate::db::{self, Ownership};
-use sqlx::PgPool;
+use sqlx::{PgPool, Row};
 use uuid::Uuid;
 
 /// A tenant row as the admin API stores it.
@@ -56,50 +56,59 @@ pub struct Observed {
 }
 
 /// Loads the row for `slug`, its owner, this object's ownership and the
-/// parent, in one read-only transaction: one consistent snapshot and one
-/// transaction for the database, not one per query.
+/// parent in one statement: one snapshot, one round trip and one transaction
+/// for the database. A reconcile of a new Tenant is dominated by round trips
+/// (each wakes the database and the operator), not by the queries' work.
 pub async fn observe(pool: &PgPool, uid: &str, slug: &str, parent_slug: Option<&str>) -> Result<Observed, sqlx::Error> {
-    let mut tx = pool
-        .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-        .await?;
-    let observed = observe_in(&mut tx, uid, slug, parent_slug).await?;
-    tx.commit().await?;
-    Ok(observed)
-}
-
-async fn observe_in(
-    conn: &mut sqlx::PgConnection,
-    uid: &str,
-    slug: &str,
-    parent_slug: Option<&str>,
-) -> Result<Observed, sqlx::Error> {
-    let row: Option<TenantRow> = sqlx::query_as(
-        "SELECT id, slug, name, description, parent_tenant_id, status, owner_email, owner_display_name,
-                instance_fingerprint, branding, allowed_namespaces
-           FROM tenants WHERE slug = $1 AND deleted_at IS NULL",
+    let row = sqlx::query(
+        "WITH found AS (
+             SELECT id, slug, name, description, parent_tenant_id, status, owner_email, owner_display_name,
+                    instance_fingerprint, branding, allowed_namespaces
+               FROM tenants WHERE slug = $1 AND deleted_at IS NULL)
+         SELECT f.id, f.slug, f.name, f.description, f.parent_tenant_id, f.status, f.owner_email,
+                f.owner_display_name, f.instance_fingerprint, f.branding, f.allowed_namespaces,
+                ro.row_id AS owner_row_id, ro.object_uid AS owner_object_uid, ro.object_ns AS owner_object_ns,
+                ro.object_name AS owner_object_name, ro.digest AS owner_digest,
+                o.row_id AS ours_row_id, o.object_uid AS ours_object_uid, o.object_ns AS ours_object_ns,
+                o.object_name AS ours_object_name, o.digest AS ours_digest,
+                (SELECT p.id FROM tenants p WHERE p.slug = $4 AND p.deleted_at IS NULL) AS parent_id
+           FROM (VALUES (1)) AS one (x)
+           LEFT JOIN found f ON true
+           LEFT JOIN managed_objects ro ON ro.kind = $2 AND ro.row_id = f.id
+           LEFT JOIN managed_objects o ON o.kind = $2 AND o.object_uid = $3",
     )
     .bind(slug)
-    .fetch_optional(&mut *conn)
+    .bind(super::KIND)
+    .bind(uid)
+    .bind(parent_slug)
+    .fetch_one(pool)
     .await?;
-    let row_owner = match &row {
-        Some(r) => db::owner_of_row(&mut *conn, super::KIND, r.id).await?,
+    let tenant = match row.try_get::<Option<Uuid>, _>("id")? {
         None => None,
+        Some(id) => Some(TenantRow {
+            id,
+            slug: row.try_get("slug")?,
+            name: row.try_get("name")?,
+            description: row.try_get("description")?,
+            parent_tenant_id: row.try_get("parent_tenant_id")?,
+            status: row.try_get("status")?,
+            owner_email: row.try_get("owner_email")?,
+            owner_display_name: row.try_get("owner_display_name")?,
+            instance_fingerprint: row.try_get("instance_fingerprint")?,
+            branding: row.try_get("branding")?,
+            allowed_namespaces: row.try_get("allowed_namespaces")?,
+        }),
     };
-    let ours = db::owned_by_object(&mut *conn, super::KIND, uid).await?;
     let parent = match parent_slug {
         None => Parent::None,
-        Some(p) => {
-            let id: Option<Uuid> = sqlx::query_scalar("SELECT id FROM tenants WHERE slug = $1 AND deleted_at IS NULL")
-                .bind(p)
-                .fetch_optional(&mut *conn)
-                .await?;
-            id.map_or_else(|| Parent::Missing(p.to_string()), Parent::Found)
-        }
+        Some(p) => row
+            .try_get::<Option<Uuid>, _>("parent_id")?
+            .map_or_else(|| Parent::Missing(p.to_string()), Parent::Found),
     };
     Ok(Observed {
-        row,
-        row_owner,
-        ours,
+        row: tenant,
+        row_owner: db::ownership_in(&row, "owner_")?,
+        ours: db::ownership_in(&row, "ours_")?,
         parent,
     })
 }
