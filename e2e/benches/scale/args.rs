@@ -22,6 +22,7 @@ options:
   --operator-arg X      passed on to `countersign run` (repeatable)
   --timeout-seconds T   limit of each wait for convergence or quiet (default 900)
   --json PATH           also write the results as JSON
+  --keep-logs           keep the run's directory (operator logs) after a successful run
 ";
 
 /// Which objects the benchmark declares.
@@ -62,6 +63,9 @@ pub(crate) struct Args {
     /// Where to write the JSON results.
     #[serde(skip)]
     pub(crate) json: Option<PathBuf>,
+    /// Keep the run's directory after a successful run.
+    #[serde(skip)]
+    pub(crate) keep_logs: bool,
 }
 
 impl Default for Args {
@@ -79,6 +83,7 @@ impl Default for Args {
             operator_args: Vec::new(),
             timeout_seconds: 900,
             json: None,
+            keep_logs: false,
         }
     }
 }
@@ -100,6 +105,7 @@ impl Args {
             };
             match flag.as_str() {
                 "--bench" => {}
+                "--keep-logs" => args.keep_logs = true,
                 "-h" | "--help" => return Ok(None),
                 "--objects" => args.objects = number(&flag, &value()?)?,
                 "--shards" => args.shards = number(&flag, &value()?)?,

@@ -48,14 +48,16 @@ use args::{Args, USAGE};
 use metrics::maintenance;
 use objects::{BARE_LABEL, BENCH_LABEL, Declare, KINDS, Kind, Planned, SHARD_LABEL, counts, declare};
 use operator::{Fleet, OperatorSpec, operator_binary};
-use phases::{PG_STATS_FLUSH, bare_baseline, converge, delete_bare, drift, idle, ownership, restart, single_changes};
+use phases::{
+    BareRound, PG_STATS_FLUSH, bare_baseline, converge, delete_bare, drift, idle, ownership, restart, single_changes,
+};
 use report::{Results, render};
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use tracker::Tracker;
-use util::progress;
+use util::{cpu_between, progress, stack_cpu};
 use window::wait_quiet;
 use world::World;
 
@@ -100,12 +102,60 @@ async fn run(args: &Args, bin: PathBuf) -> anyhow::Result<Results> {
         results.environment.insert("load average (1, 5, 15 min)".into(), load);
     }
     match &outcome {
+        Ok(_) if args.keep_logs => progress(format!("the operators' logs are in {}", world.dir.display())),
         Ok(_) => {
             let _ = std::fs::remove_dir_all(&world.dir);
         }
         Err(_) => progress(format!("failed: the operators' logs are in {}", world.dir.display())),
     }
     outcome
+}
+
+/// One round of the bare client on fresh objects (named after `round`),
+/// under the benchmark's own watch as in the operator phase; its objects are
+/// deleted afterwards. Returns how long the writes took and the CPU the
+/// stack used meanwhile.
+async fn bare_round(world: &World, args: &Args, round: &str) -> anyhow::Result<BareRound> {
+    let run = world.run.clone();
+    let bare_labels = |_shard: usize| json!({BARE_LABEL: run});
+    let hook_url = world.receiver.url();
+    let issuer = world.stub.issuer();
+    let objects = declare(
+        args.set,
+        args.objects,
+        1,
+        &Declare {
+            prefix: &format!("b{}-bare-{round}", world.run),
+            namespace: &world.bare_namespace,
+            labels: &bare_labels,
+            issuer: &issuer,
+            hook_url: &hook_url,
+        },
+    )?;
+
+    progress(format!(
+        "bare client ({round} the operator phase): {} objects at concurrency {}",
+        args.objects, args.concurrency
+    ));
+    // The benchmark's own watch of the objects loads the API server in the
+    // operator phase (every write is sent to it): it watches the bare
+    // client's objects too, so both phases carry the same measuring load.
+    let watched: Vec<Kind> = counts(args.set, args.objects).keys().copied().collect();
+    let tracking = Tracker::start(&world.client, &format!("{BARE_LABEL}={}", world.run), &watched);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let cpu_before = stack_cpu();
+    let took = bare_baseline(&world.client, objects.clone(), args.concurrency).await?;
+    let cpu = cpu_between(&cpu_before, &stack_cpu());
+    drop(tracking);
+    progress(format!(
+        "bare client took {:.1} s; deleting its objects",
+        took.as_secs_f64()
+    ));
+    delete_bare(&world.client, objects, args.concurrency).await?;
+    Ok(BareRound {
+        seconds: took.as_secs_f64(),
+        cpu,
+    })
 }
 
 /// The phases, in order, against a started [`World`].
@@ -127,19 +177,6 @@ async fn phases(args: &Args, bin: PathBuf, world: &World) -> anyhow::Result<Resu
             hook_url: &hook_url,
         },
     )?;
-    let bare_objects = declare(
-        args.set,
-        args.objects,
-        1,
-        &Declare {
-            prefix: &format!("b{run}-bare"),
-            namespace: &world.bare_namespace,
-            labels: &bare_labels,
-            issuer: &issuer,
-            hook_url: &hook_url,
-        },
-    )?;
-
     // A cold API server answers its first requests of a kind slower: warm it
     // up with a few objects of the same shapes first, then delete them.
     let warm = declare(
@@ -157,16 +194,7 @@ async fn phases(args: &Args, bin: PathBuf, world: &World) -> anyhow::Result<Resu
     bare_baseline(&world.client, warm.clone(), args.concurrency).await?;
     delete_bare(&world.client, warm, args.concurrency).await?;
 
-    progress(format!(
-        "bare client: {} objects at concurrency {}",
-        args.objects, args.concurrency
-    ));
-    let bare = bare_baseline(&world.client, bare_objects.clone(), args.concurrency).await?;
-    progress(format!(
-        "bare client took {:.1} s; deleting its objects",
-        bare.as_secs_f64()
-    ));
-    delete_bare(&world.client, bare_objects, args.concurrency).await?;
+    let bare_before = bare_round(world, args, "before").await?;
 
     let spec = OperatorSpec {
         bin,
@@ -191,7 +219,12 @@ async fn phases(args: &Args, bin: PathBuf, world: &World) -> anyhow::Result<Resu
     tokio::time::sleep(PG_STATS_FLUSH).await;
 
     progress(format!("operator phase: creating {} objects", args.objects));
-    let convergence = converge(world, &mut fleet, &tracker, &objects, args, bare).await?;
+    let mut convergence = converge(world, &mut fleet, &tracker, &objects, args).await?;
+    // The machine's load drifts over a run: the bare client runs again after
+    // the operator phase (the operators idle, their selectors exclude its
+    // objects) and the ratio divides by the mean of both rounds.
+    let bare_after = bare_round(world, args, "after").await?;
+    convergence.set_bare(vec![bare_before, bare_after]);
 
     progress(format!("idle for {} s", args.idle_seconds));
     let idle = idle(world, &mut fleet, &tracker, args.idle_seconds).await?;

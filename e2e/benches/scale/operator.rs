@@ -254,7 +254,7 @@ fn watch_over(pid: u32) {
 }
 
 /// Kernel clock ticks per second (`getconf CLK_TCK`, else 100).
-fn clock_ticks() -> f64 {
+pub(crate) fn clock_ticks() -> f64 {
     static TICKS: OnceLock<f64> = OnceLock::new();
     *TICKS.get_or_init(|| {
         Command::new("getconf")

@@ -5,7 +5,7 @@ use crate::metrics::{BenchWrites, RssMax};
 use crate::objects::{FIELD_MANAGER, FINALIZER, Kind, Planned, create};
 use crate::operator::Fleet;
 use crate::tracker::Tracker;
-use crate::util::{for_each_concurrent, lock, progress};
+use crate::util::{cpu_between, for_each_concurrent, lock, progress, stack_cpu};
 use crate::window::{Quiet, Window, snapshot, wait_quiet};
 use crate::world::World;
 use anyhow::{Context as _, anyhow};
@@ -108,8 +108,13 @@ pub(crate) async fn delete_bare(client: &Client, objects: Vec<Planned>, concurre
 /// The convergence phase's results.
 #[derive(Clone, Debug, Default, Serialize)]
 pub(crate) struct Convergence {
-    /// Bare client: seconds for create + finalizer + status of N objects.
+    /// Bare client: seconds for create + finalizer + status of N objects,
+    /// the mean of [`Self::bare_rounds`].
     pub(crate) bare_seconds: f64,
+    /// The bare rounds: before and after the operator phase.
+    pub(crate) bare_rounds: Vec<BareRound>,
+    /// CPU seconds by process, first create → all Ready.
+    pub(crate) cpu_by_process: BTreeMap<String, f64>,
     /// Operator: first create → all Ready at their generation.
     pub(crate) operator_seconds: f64,
     /// `operator_seconds / bare_seconds`.
@@ -133,11 +138,11 @@ pub(crate) async fn converge(
     tracker: &Tracker,
     objects: &[Planned],
     args: &Args,
-    bare: Duration,
 ) -> anyhow::Result<Convergence> {
     let n = objects.len();
     let before = snapshot(world, Some(fleet), tracker).await?;
     let writes = Arc::new(BenchWrites::default());
+    let cpu_before = stack_cpu();
     let started = Instant::now();
     let mut creating = tokio::spawn({
         let (client, writes, objects) = (world.client.clone(), writes.clone(), objects.to_vec());
@@ -188,6 +193,7 @@ pub(crate) async fn converge(
         }
     }
     let operator_seconds = started.elapsed();
+    let cpu_by_process = cpu_between(&cpu_before, &stack_cpu());
     let create_seconds = match create_seconds {
         Some(s) => s,
         None => creating.await.context("the creating task panicked")??,
@@ -201,15 +207,33 @@ pub(crate) async fn converge(
     tokio::time::sleep(PG_STATS_FLUSH).await;
     let after = snapshot(world, Some(fleet), tracker).await?;
     Ok(Convergence {
-        bare_seconds: bare.as_secs_f64(),
         operator_seconds: operator_seconds.as_secs_f64(),
-        ratio: operator_seconds.as_secs_f64() / bare.as_secs_f64().max(1e-9),
         create_seconds: create_seconds.as_secs_f64(),
         shard_seconds,
         shard_objects,
         settle,
         window: Window::between(&before, &after, writes.snapshot()),
+        cpu_by_process,
+        ..Convergence::default()
     })
+}
+
+/// One round of the bare client.
+#[derive(Clone, Debug, Default, Serialize)]
+pub(crate) struct BareRound {
+    /// Seconds for create + finalizer + status of N objects.
+    pub(crate) seconds: f64,
+    /// CPU seconds by process meanwhile.
+    pub(crate) cpu: BTreeMap<String, f64>,
+}
+
+impl Convergence {
+    /// Records the bare rounds and the ratio to their mean.
+    pub(crate) fn set_bare(&mut self, rounds: Vec<BareRound>) {
+        self.bare_seconds = rounds.iter().map(|r| r.seconds).sum::<f64>() / rounds.len().max(1) as f64;
+        self.bare_rounds = rounds;
+        self.ratio = self.operator_seconds / self.bare_seconds.max(1e-9);
+    }
 }
 
 /// By shard: seconds from `started` until its last object became Ready, and its object count.

@@ -113,8 +113,9 @@ fn render_convergence(out: &mut String, r: &Results, n: f64) {
     let _ = writeln!(out, "### Convergence\n\n| measure | value |\n|---|---|");
     let _ = writeln!(
         out,
-        "| bare client: create + finalizer + status, {} objects | {:.2} s ({:.0} objects/s) |",
+        "| bare client: create + finalizer + status, {} objects (mean of the rounds before and after the operator phase: {} s) | {:.2} s ({:.0} objects/s) |",
         r.args.objects,
+        join_f(&c.bare_rounds.iter().map(|b| b.seconds).collect::<Vec<_>>(), 2),
         c.bare_seconds,
         n / c.bare_seconds.max(1e-9)
     );
@@ -155,6 +156,47 @@ fn render_convergence(out: &mut String, r: &Results, n: f64) {
         }
     }
     out.push('\n');
+    render_stack_cpu(out, c);
+}
+
+/// Where the machine's cores went: CPU seconds by process in each bare
+/// round and in the operator phase (first create → all Ready).
+fn render_stack_cpu(out: &mut String, c: &Convergence) {
+    let mut columns: Vec<(String, &BTreeMap<String, f64>, f64)> = Vec::new();
+    let mut rounds = c.bare_rounds.iter();
+    if let Some(first) = rounds.next() {
+        columns.push(("bare, before".into(), &first.cpu, first.seconds));
+    }
+    columns.push(("operator phase".into(), &c.cpu_by_process, c.operator_seconds));
+    for later in rounds {
+        columns.push(("bare, after".into(), &later.cpu, later.seconds));
+    }
+    let _ = writeln!(
+        out,
+        "CPU seconds by process (the benchmark's creates and watch included in every column):\n\n| process | {} |\n|---|{}",
+        columns
+            .iter()
+            .map(|(name, _, secs)| format!("{name} ({secs:.1} s)"))
+            .collect::<Vec<_>>()
+            .join(" | "),
+        "---:|".repeat(columns.len())
+    );
+    let names: BTreeSet<&String> = columns.iter().flat_map(|(_, cpu, _)| cpu.keys()).collect();
+    for name in names {
+        let cells: Vec<String> = columns
+            .iter()
+            .map(|(_, cpu, _)| format!("{:.1}", z(cpu.get(name).copied().unwrap_or(0.0))))
+            .collect();
+        let _ = writeln!(out, "| {name} | {} |", cells.join(" | "));
+    }
+    let totals: Vec<String> = columns
+        .iter()
+        .map(|(_, cpu, secs)| {
+            let total: f64 = cpu.values().sum();
+            format!("**{total:.1}** ({:.2} cores)", total / secs.max(1e-9))
+        })
+        .collect();
+    let _ = writeln!(out, "| **all** | {} |\n", totals.join(" | "));
 }
 
 /// Section 2, or any window's writes.

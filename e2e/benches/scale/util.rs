@@ -59,3 +59,58 @@ where
 pub(crate) fn z(v: f64) -> f64 {
     if v == 0.0 { 0.0 } else { v }
 }
+
+/// The processes of the stack whose CPU the benchmark reports, by the name
+/// their `/proc/<pid>/stat` gives.
+pub(crate) const STACK: [&str; 4] = ["kube-apiserver", "etcd", "postgres", "countersign"];
+
+/// CPU seconds (user + system) used so far by each of [`STACK`] (all
+/// processes of that name; PostgreSQL's backends that have exited count in
+/// their parent) and by this benchmark (`benchmark`). Read before and after
+/// a phase, the difference says where the machine's two cores went.
+pub(crate) fn stack_cpu() -> std::collections::BTreeMap<String, f64> {
+    let mut cpu: std::collections::BTreeMap<String, f64> = STACK
+        .iter()
+        .chain(&["benchmark"])
+        .map(|n| (n.to_string(), 0.0))
+        .collect();
+    let me = std::process::id().to_string();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return cpu;
+    };
+    for entry in entries.flatten() {
+        let pid = entry.file_name().to_string_lossy().into_owned();
+        if !pid.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // The command name may hold spaces: it is what lies between the
+        // first `(` and the last `)`; the numbered fields follow.
+        let (Some(open), Some((head, rest))) = (stat.find('('), stat.rsplit_once(')')) else {
+            continue;
+        };
+        let name = if pid == me { "benchmark" } else { &head[open + 1..] };
+        let Some(total) = cpu.get_mut(name) else { continue };
+        let fields: Vec<f64> = rest.split_whitespace().map(|f| f.parse().unwrap_or(0.0)).collect();
+        // utime, stime (fields 14, 15; `fields` starts at field 3), and for
+        // PostgreSQL cutime, cstime: its exited backends. The benchmark's
+        // own children are the operators, counted by their name.
+        let last = if name == "postgres" { 15 } else { 13 };
+        let ticks: f64 = fields.get(11..last).map(|f| f.iter().sum()).unwrap_or(0.0);
+        *total += ticks / crate::operator::clock_ticks();
+    }
+    cpu
+}
+
+/// `after - before`, by name.
+pub(crate) fn cpu_between(
+    before: &std::collections::BTreeMap<String, f64>,
+    after: &std::collections::BTreeMap<String, f64>,
+) -> std::collections::BTreeMap<String, f64> {
+    after
+        .iter()
+        .map(|(k, v)| (k.clone(), v - before.get(k).copied().unwrap_or(0.0)))
+        .collect()
+}
