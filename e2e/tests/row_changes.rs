@@ -262,7 +262,9 @@ async fn an_edit_masked_as_the_operators_own_is_still_restored_by_the_resync() -
         .await?;
 
     let mut heard = sqlx::postgres::PgListener::connect(&url).await?;
-    heard.listen(countersign_operator::controller::row_changes::CHANNEL).await?;
+    heard
+        .listen(countersign_operator::controller::row_changes::CHANNEL)
+        .await?;
     let mut attacker = sqlx::PgConnection::connect(&url).await?;
     sqlx::query("SET countersign.origin = 'operator'")
         .execute(&mut attacker)
@@ -285,11 +287,10 @@ async fn an_edit_masked_as_the_operators_own_is_still_restored_by_the_resync() -
 
     // The resync (3 s, ±10%) finds and restores it all the same.
     until_named(&pool, &slug, "Declared", RESYNC * 3).await?;
-    let actions: Vec<String> =
-        sqlx::query_scalar("SELECT action FROM audit_log WHERE row_id = $1 ORDER BY seq")
-            .bind(row_id)
-            .fetch_all(&pool)
-            .await?;
+    let actions: Vec<String> = sqlx::query_scalar("SELECT action FROM audit_log WHERE row_id = $1 ORDER BY seq")
+        .bind(row_id)
+        .fetch_all(&pool)
+        .await?;
     assert_eq!(actions.last().map(String::as_str), Some("correct-drift"), "{actions:?}");
     let drifted = common::drifted_events(&client, &slug).await?;
     assert!(drifted.iter().any(|note| note.contains("name")), "{drifted:?}");
