@@ -144,7 +144,7 @@ async fn bare_round(world: &World, args: &Args, round: &str) -> anyhow::Result<B
     let tracking = Tracker::start(&world.client, &format!("{BARE_LABEL}={}", world.run), &watched);
     tokio::time::sleep(Duration::from_secs(2)).await;
     let cpu_before = stack_cpu();
-    let took = bare_baseline(&world.client, objects.clone(), args.concurrency).await?;
+    let took = bare_baseline(&world.client, &world.operator_client, objects.clone(), args.concurrency).await?;
     let cpu = cpu_between(&cpu_before, &stack_cpu());
     drop(tracking);
     progress(format!(
@@ -191,7 +191,7 @@ async fn phases(args: &Args, bin: PathBuf, world: &World) -> anyhow::Result<Resu
             hook_url: &hook_url,
         },
     )?;
-    bare_baseline(&world.client, warm.clone(), args.concurrency).await?;
+    bare_baseline(&world.client, &world.operator_client, warm.clone(), args.concurrency).await?;
     delete_bare(&world.client, warm, args.concurrency).await?;
 
     let bare_before = bare_round(world, args, "before").await?;

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 pub(crate) struct OperatorSpec {
     /// The release `countersign` binary.
     pub(crate) bin: PathBuf,
-    /// A kubeconfig acting as the chart's ServiceAccount.
+    /// A kubeconfig with a token of the chart's ServiceAccount.
     pub(crate) kubeconfig: PathBuf,
     /// The runtime role's database URL.
     pub(crate) database_url: String,
@@ -353,13 +353,13 @@ impl Fleet {
     }
 }
 
-/// Writes a kubeconfig for the operators: the admin's certificate, acting as
-/// the chart's ServiceAccount (`as`/`as-groups`, i.e. impersonation), so the
-/// API server's RBAC judges every request by the chart's ClusterRole, as in
-/// the e2e tests (`common::as_operator`) and `scripts/up.sh` (which uses a
-/// ServiceAccount token instead). Impersonation costs the API server an
-/// extra authorization check per request, which a token would not.
-pub(crate) fn write_operator_kubeconfig(admin: &Path, out: &Path) -> anyhow::Result<()> {
+/// Writes a kubeconfig for the operators: the admin's cluster entry with
+/// `token`, a token of the chart's ServiceAccount from the TokenRequest API,
+/// as a pod's would be. The API server authenticates every request by that
+/// token and its RBAC judges it by the chart's ClusterRole, as in
+/// production and `scripts/up.sh`. (Impersonation, which the e2e tests use,
+/// would add an authorization check per impersonated name to every request.)
+pub(crate) fn write_operator_kubeconfig(admin: &Path, token: &str, out: &Path) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(admin).with_context(|| format!("reading {}", admin.display()))?;
     let mut config: Value = serde_norway::from_str(&text).context("parsing the admin kubeconfig")?;
     let users = config
@@ -367,12 +367,7 @@ pub(crate) fn write_operator_kubeconfig(admin: &Path, out: &Path) -> anyhow::Res
         .and_then(Value::as_array_mut)
         .ok_or_else(|| anyhow!("the admin kubeconfig has no users"))?;
     for user in users {
-        user["user"]["as"] = json!(common::OPERATOR_IDENTITY);
-        user["user"]["as-groups"] = json!([
-            "system:serviceaccounts",
-            format!("system:serviceaccounts:{}", common::OPERATOR_NAMESPACE),
-            "system:authenticated",
-        ]);
+        user["user"] = json!({ "token": token });
     }
     // JSON is YAML: kube reads it as a kubeconfig.
     std::fs::write(out, serde_json::to_string_pretty(&config)?)

@@ -9,6 +9,8 @@ use crate::util::{cpu_between, for_each_concurrent, lock, progress, stack_cpu};
 use crate::window::{Quiet, Window, snapshot, wait_quiet};
 use crate::world::World;
 use anyhow::{Context as _, anyhow};
+use countersign_crds::status::ResourceStatus;
+use countersign_reconcilers::{conditions, report};
 use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams};
 use kube::{Client, ResourceExt};
 use serde::Serialize;
@@ -30,42 +32,39 @@ const CHANGE_TIMEOUT: Duration = Duration::from_secs(60);
 const DRIFT_POLL: Duration = Duration::from_millis(5);
 
 /// The bare client: for every object the three writes a reconcile cannot do
-/// without (create, add the finalizer, apply a Ready status), at
-/// `concurrency`, with no operator running. Returns how long it took.
+/// without (create, add the finalizer, write the Ready status), at
+/// `concurrency`, with no operator running. `client` creates, as the user
+/// (Argo CD) does in the operator phase. `operator` makes the operator's two
+/// writes as the operator makes them: with its identity (so the API server
+/// authenticates and authorizes them alike), the same JSON patch for the
+/// finalizer and the same server-side apply of the status a live object
+/// shows ([`live_status`]). Returns how long it took.
 pub(crate) async fn bare_baseline(
     client: &Client,
+    operator: &Client,
     objects: Vec<Planned>,
     concurrency: usize,
 ) -> anyhow::Result<Duration> {
     let writes = Arc::new(BenchWrites::default());
     let started = Instant::now();
-    let client = client.clone();
+    let (client, operator) = (client.clone(), operator.clone());
     for_each_concurrent(objects, concurrency, move |p| {
-        let (client, writes) = (client.clone(), writes.clone());
+        let (client, operator, writes) = (client.clone(), operator.clone(), writes.clone());
         async move {
             let created = create(&client, &p, &writes).await?;
-            let api = p.api(&client);
+            let api = p.api(&operator);
             let name = p.obj.name_any();
-            api.patch(
-                &name,
-                &PatchParams::default(),
-                &Patch::Merge(json!({"metadata": {"finalizers": [FINALIZER]}})),
-            )
-            .await
-            .with_context(|| format!("adding the finalizer to {}", p.key()))?;
-            let generation = created.metadata.generation.unwrap_or(1);
-            let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+            let add_finalizer: json_patch::Patch = serde_json::from_value(json!([
+                {"op": "test", "path": "/metadata/finalizers", "value": null},
+                {"op": "add", "path": "/metadata/finalizers", "value": [FINALIZER]},
+            ]))?;
+            api.patch(&name, &PatchParams::default(), &Patch::<()>::Json(add_finalizer))
+                .await
+                .with_context(|| format!("adding the finalizer to {}", p.key()))?;
             let status = json!({
                 "apiVersion": p.obj.types.as_ref().map(|t| t.api_version.clone()),
                 "kind": p.obj.types.as_ref().map(|t| t.kind.clone()),
-                "status": {
-                    "observedGeneration": generation,
-                    "conditions": [{
-                        "type": "Ready", "status": "True", "reason": "Live",
-                        "message": "written by the bare-client baseline",
-                        "lastTransitionTime": now, "observedGeneration": generation,
-                    }],
-                },
+                "status": live_status(&p, created.metadata.generation),
             });
             api.patch_status(
                 &name,
@@ -79,6 +78,27 @@ pub(crate) async fn bare_baseline(
     })
     .await?;
     Ok(started.elapsed())
+}
+
+/// The status the operator writes when an object goes live, built by the
+/// operator's own code (`report::live`, `conditions::merge`): Ready, Synced,
+/// Reconciling and Stalled with their messages, `observedGeneration`, a
+/// `databaseId` and a `liveDigest` of the same sizes as the operator's. It
+/// leaves out what only some kinds add (an IdentityProvider's discovery
+/// result, a webhook's signing Secret).
+pub(crate) fn live_status(p: &Planned, generation: Option<i64>) -> ResourceStatus {
+    let subject = format!("{} {:?}", format!("{:?}", p.kind).to_lowercase(), p.obj.name_any());
+    // A SHA-256 digest in hex: 64 characters, as the operator's.
+    let digest = format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
+    let outcome = report::live(&subject, uuid::Uuid::new_v4().to_string(), &digest);
+    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    ResourceStatus {
+        observed_generation: generation,
+        conditions: conditions::merge(&[], &outcome.conditions, generation, &now),
+        database_id: Some(uuid::Uuid::new_v4().to_string()),
+        live_digest: Some(digest),
+        pending_digest: None,
+    }
 }
 
 /// Deletes the bare baseline's objects (deletion, then the finalizer off).

@@ -11,6 +11,8 @@ use anyhow::{Context as _, anyhow};
 use countersign_e2e::stub_idp::StubIdp;
 use countersign_e2e::webhook_receiver::{KeySource, WebhookReceiver};
 use countersign_e2e::{ControlPlane, Postgres};
+use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+use k8s_openapi::api::core::v1::ServiceAccount;
 use kube::Client;
 use kube::api::{Api, PostParams};
 use serde_json::json;
@@ -47,6 +49,9 @@ pub(crate) struct World {
     pub(crate) runtime_url: String,
     /// The kubeconfig the operators use.
     pub(crate) operator_kubeconfig: PathBuf,
+    /// A client with the operators' identity, for the bare client's writes
+    /// that stand for the operator's (the finalizer, the status).
+    pub(crate) operator_client: Client,
     /// CA files of the stub IdP and the receiver.
     pub(crate) ca_files: Vec<PathBuf>,
     // Declared last: dropped (stopped) after everything that uses them.
@@ -108,7 +113,9 @@ impl World {
         std::fs::write(&ca_files[0], stub.ca_pem())?;
         std::fs::write(&ca_files[1], receiver.ca_pem())?;
         let operator_kubeconfig = dir.join("operator.kubeconfig");
-        write_operator_kubeconfig(cp.kubeconfig_path(), &operator_kubeconfig)?;
+        let token = service_account_token(&client).await?;
+        write_operator_kubeconfig(cp.kubeconfig_path(), &token, &operator_kubeconfig)?;
+        let operator_client = client_from(&operator_kubeconfig).await?;
         Ok(World {
             client,
             owner_url,
@@ -124,6 +131,7 @@ impl World {
             kube_version,
             runtime_url: role.url,
             operator_kubeconfig,
+            operator_client,
             ca_files,
             _pg: pg,
             _cp: cp,
@@ -154,6 +162,35 @@ impl World {
             webhook: self.receiver.deliveries().len(),
         }
     }
+}
+
+/// A token of the chart's ServiceAccount from the TokenRequest API, valid
+/// for a day: longer than any run.
+async fn service_account_token(client: &Client) -> anyhow::Result<String> {
+    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), common::OPERATOR_NAMESPACE);
+    let request = TokenRequest {
+        spec: Some(TokenRequestSpec {
+            expiration_seconds: Some(24 * 3600),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let issued = accounts
+        .create_token_request(common::OPERATOR_SERVICE_ACCOUNT, &PostParams::default(), &request)
+        .await
+        .context("requesting a token of the chart's ServiceAccount")?;
+    issued
+        .status
+        .and_then(|s| s.token)
+        .ok_or_else(|| anyhow!("the TokenRequest came back without a token"))
+}
+
+/// A client from a kubeconfig file.
+async fn client_from(path: &std::path::Path) -> anyhow::Result<Client> {
+    let kubeconfig =
+        kube::config::Kubeconfig::read_from(path).with_context(|| format!("reading {}", path.display()))?;
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?;
+    Ok(Client::try_from(config)?)
 }
 
 /// The operator's encryption key: 32 random bytes in a Secret, as `scripts/up.sh` makes it.

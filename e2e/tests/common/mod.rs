@@ -73,6 +73,8 @@ pub const OPERATOR_NAMESPACE: &str = "countersign-system";
 /// operator acts as it, so every end-to-end test proves the chart's RBAC is
 /// enough for what it exercises.
 pub const OPERATOR_IDENTITY: &str = "system:serviceaccount:countersign-system:countersign";
+/// The chart's ServiceAccount's name in [`OPERATOR_NAMESPACE`].
+pub const OPERATOR_SERVICE_ACCOUNT: &str = "countersign";
 
 /// `helm template` of the chart (release `countersign` in
 /// [`OPERATOR_NAMESPACE`]) with extra arguments.
