@@ -309,6 +309,9 @@ pub(crate) async fn idle(world: &World, fleet: &mut Fleet, tracker: &Tracker, se
 pub(crate) struct Changes {
     /// Milliseconds of each change, in order.
     pub(crate) samples_ms: Vec<f64>,
+    /// Milliseconds until the API server answered each change's PATCH, in
+    /// order: the part of a sample the operator has no hand in.
+    pub(crate) patch_ms: Vec<f64>,
     /// What the changes wrote, all of them (the stats flush wait included).
     pub(crate) window: Window,
 }
@@ -324,6 +327,7 @@ pub(crate) async fn single_changes(
     let writes = BenchWrites::default();
     let before = snapshot(world, Some(fleet), tracker).await?;
     let mut samples_ms = Vec::with_capacity(count);
+    let mut patch_ms = Vec::with_capacity(count);
     for i in 0..count {
         let Some(p) = tenants.get(i % tenants.len().max(1)) else {
             break;
@@ -340,6 +344,7 @@ pub(crate) async fn single_changes(
             )
             .await
             .with_context(|| format!("changing {key}"))?;
+        patch_ms.push(started.elapsed().as_secs_f64() * 1000.0);
         let generation = patched.metadata.generation.unwrap_or(0);
         tracker
             .wait_until(
@@ -358,6 +363,7 @@ pub(crate) async fn single_changes(
     let after = snapshot(world, Some(fleet), tracker).await?;
     Ok(Changes {
         samples_ms,
+        patch_ms,
         window: Window::between(&before, &after, writes.snapshot()),
     })
 }

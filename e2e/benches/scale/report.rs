@@ -389,6 +389,21 @@ fn render_changes(out: &mut String, r: &Results) {
         per(c.window.reconciles, m),
         per(c.window.outbound.oidc as f64, m)
     );
+    let mut patches = c.patch_ms.clone();
+    patches.sort_by(f64::total_cmp);
+    let first = |samples: &[f64]| {
+        let shown: Vec<String> = samples.iter().take(3).map(|v| format!("{v:.1}")).collect();
+        shown.join(", ")
+    };
+    let _ = writeln!(
+        out,
+        "Of which the change's own PATCH (until the API server answered): p50 {:.1} ms, p99 {:.1} ms. \
+         The first three changes after the idle window: {} ms (their PATCH: {} ms).\n",
+        percentile(&patches, 0.5),
+        percentile(&patches, 0.99),
+        first(&c.samples_ms),
+        first(&c.patch_ms),
+    );
 }
 
 /// Section 7.

@@ -57,14 +57,24 @@ pub async fn wait_row(
     }
 }
 
-/// The notes of the `Drifted` events recorded for an object.
+/// The notes of the `Drifted` events recorded for an object, once there is
+/// one (or after 10 s, empty): the operator records the event after the
+/// transaction that restores the row, so a test that has just seen the row
+/// restored may ask before the event exists.
 pub async fn drifted_events(client: &Client, name: &str) -> anyhow::Result<Vec<String>> {
-    Ok(events_for(client, name)
-        .await?
-        .into_iter()
-        .filter(|(reason, _)| reason == "Drifted")
-        .map(|(_, note)| note)
-        .collect())
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let notes: Vec<String> = events_for(client, name)
+            .await?
+            .into_iter()
+            .filter(|(reason, _)| reason == "Drifted")
+            .map(|(_, note)| note)
+            .collect();
+        if !notes.is_empty() || Instant::now() >= deadline {
+            return Ok(notes);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// The namespace the chart installs the operator into.
