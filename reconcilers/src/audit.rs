@@ -222,16 +222,11 @@ async fn insert_link(
     hash: &str,
     if_head: bool,
 ) -> Result<bool, crate::Error> {
-    let sql = if if_head {
-        "INSERT INTO audit_log (at, kind, object_key, row_id, action, actor, requester, approver, digest, detail,
-                                prev_hash, hash, scheme)
-         SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13
-          WHERE (SELECT hash FROM audit_log ORDER BY seq DESC LIMIT 1) = $11"
-    } else {
-        "INSERT INTO audit_log (at, kind, object_key, row_id, action, actor, requester, approver, digest, detail,
-                                prev_hash, hash, scheme)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
-    };
+    // `$14` false: insert unconditionally (the caller read `prev` under the lock).
+    let sql = "INSERT INTO audit_log (at, kind, object_key, row_id, action, actor, requester, approver, digest, detail,
+                                      prev_hash, hash, scheme)
+               SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13
+                WHERE NOT $14 OR (SELECT hash FROM audit_log ORDER BY seq DESC LIMIT 1) = $11";
     let done = sqlx::query(sql)
         .bind(entry.at)
         .bind(&entry.kind)
@@ -246,6 +241,7 @@ async fn insert_link(
         .bind(prev)
         .bind(hash)
         .bind(Scheme::Keyed.as_str())
+        .bind(if_head)
         .execute(&mut **tx)
         .await?;
     Ok(done.rows_affected() == 1)

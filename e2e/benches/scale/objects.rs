@@ -19,9 +19,6 @@ pub(crate) const SHARD_LABEL: &str = "countersign.dev/shard";
 /// The label of the bare-client baseline's objects, which no operator selects.
 pub(crate) const BARE_LABEL: &str = "countersign.dev/bench-bare";
 
-/// The finalizer the operator (and the bare baseline) puts on every object.
-pub(crate) const FINALIZER: &str = "countersign.dev/cleanup";
-
 /// The field manager of the benchmark's own writes.
 pub(crate) const FIELD_MANAGER: &str = "countersign-bench";
 

@@ -2,7 +2,7 @@
 
 use crate::args::Args;
 use crate::metrics::{BenchWrites, RssMax};
-use crate::objects::{FIELD_MANAGER, FINALIZER, Kind, Planned, create};
+use crate::objects::{FIELD_MANAGER, Kind, Planned, create};
 use crate::operator::Fleet;
 use crate::tracker::Tracker;
 use crate::util::{cpu_between, for_each_concurrent, lock, progress, stack_cpu};
@@ -10,6 +10,7 @@ use crate::window::{Quiet, Window, snapshot, wait_quiet};
 use crate::world::World;
 use anyhow::{Context as _, anyhow};
 use countersign_crds::status::ResourceStatus;
+use countersign_operator::controller::shell::add_finalizer_patch;
 use countersign_reconcilers::{conditions, report};
 use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams};
 use kube::{Client, ResourceExt};
@@ -54,10 +55,7 @@ pub(crate) async fn bare_baseline(
             let created = create(&client, &p, &writes).await?;
             let api = p.api(&operator);
             let name = p.obj.name_any();
-            let add_finalizer: json_patch::Patch = serde_json::from_value(json!([
-                {"op": "test", "path": "/metadata/finalizers", "value": null},
-                {"op": "add", "path": "/metadata/finalizers", "value": [FINALIZER]},
-            ]))?;
+            let add_finalizer = add_finalizer_patch(created.metadata.finalizers.as_deref())?;
             api.patch(&name, &PatchParams::default(), &Patch::<()>::Json(add_finalizer))
                 .await
                 .with_context(|| format!("adding the finalizer to {}", p.key()))?;

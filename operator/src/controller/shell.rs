@@ -160,6 +160,23 @@ fn scopeguard<F: FnOnce()>(f: F) -> impl Drop {
     Guard(Some(f))
 }
 
+/// The JSON patch that adds the operator's finalizer to an object whose
+/// finalizers are `current`, applying only while they still are (`test`).
+/// Public so the scale benchmark's bare client sends the very same write.
+pub fn add_finalizer_patch(current: Option<&[String]>) -> Result<json_patch::Patch, serde_json::Error> {
+    let ops = match current {
+        None => serde_json::json!([
+            {"op": "test", "path": "/metadata/finalizers", "value": null},
+            {"op": "add", "path": "/metadata/finalizers", "value": [FINALIZER]},
+        ]),
+        Some(current) => serde_json::json!([
+            {"op": "test", "path": "/metadata/finalizers", "value": current},
+            {"op": "add", "path": "/metadata/finalizers/-", "value": FINALIZER},
+        ]),
+    };
+    serde_json::from_value(ops)
+}
+
 /// The object with the operator's finalizer: as it is when it carries it
 /// (or is being deleted), else as the API server returns it after adding it.
 /// The same pass then goes on to write the row: a new object costs one
@@ -170,17 +187,7 @@ async fn with_finalizer<K: Reconciled>(api: &Api<K>, obj: Arc<K>) -> Result<Arc<
     if obj.meta().deletion_timestamp.is_some() || obj.finalizers().iter().any(|f| f == FINALIZER) {
         return Ok(obj);
     }
-    let ops = match obj.meta().finalizers.as_ref() {
-        None => serde_json::json!([
-            {"op": "test", "path": "/metadata/finalizers", "value": null},
-            {"op": "add", "path": "/metadata/finalizers", "value": [FINALIZER]},
-        ]),
-        Some(current) => serde_json::json!([
-            {"op": "test", "path": "/metadata/finalizers", "value": current},
-            {"op": "add", "path": "/metadata/finalizers/-", "value": FINALIZER},
-        ]),
-    };
-    let patch: json_patch::Patch = serde_json::from_value(ops).map_err(|e| Error::Finalizer(e.to_string()))?;
+    let patch = add_finalizer_patch(obj.meta().finalizers.as_deref()).map_err(|e| Error::Finalizer(e.to_string()))?;
     match api
         .patch(&obj.name_any(), &PatchParams::default(), &Patch::<()>::Json(patch))
         .await

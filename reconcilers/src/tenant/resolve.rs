@@ -1,7 +1,7 @@
 //! Reads what the database holds for a Tenant (I/O, no writes).
 
 use crate::db::{self, Ownership};
-use sqlx::{PgPool, Row};
+use sqlx::{FromRow, PgPool, Row};
 use uuid::Uuid;
 
 /// A tenant row as the admin API stores it.
@@ -85,19 +85,7 @@ pub async fn observe(pool: &PgPool, uid: &str, slug: &str, parent_slug: Option<&
     .await?;
     let tenant = match row.try_get::<Option<Uuid>, _>("id")? {
         None => None,
-        Some(id) => Some(TenantRow {
-            id,
-            slug: row.try_get("slug")?,
-            name: row.try_get("name")?,
-            description: row.try_get("description")?,
-            parent_tenant_id: row.try_get("parent_tenant_id")?,
-            status: row.try_get("status")?,
-            owner_email: row.try_get("owner_email")?,
-            owner_display_name: row.try_get("owner_display_name")?,
-            instance_fingerprint: row.try_get("instance_fingerprint")?,
-            branding: row.try_get("branding")?,
-            allowed_namespaces: row.try_get("allowed_namespaces")?,
-        }),
+        Some(_) => Some(TenantRow::from_row(&row)?),
     };
     let parent = match parent_slug {
         None => Parent::None,
