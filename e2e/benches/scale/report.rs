@@ -4,7 +4,7 @@ use crate::args::Args;
 use crate::metrics::{Maintenance, WriteKey, write_label};
 use crate::objects::Kind;
 use crate::phases::{Changes, Convergence, Drift, Idle, Ownership, Restart};
-use crate::util::z;
+use crate::util::{HOST_STEAL, MACHINE_BUSY, z};
 use crate::window::{QUIET, Quiet, Window};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
@@ -181,7 +181,14 @@ fn render_stack_cpu(out: &mut String, c: &Convergence) {
             .join(" | "),
         "---:|".repeat(columns.len())
     );
-    let names: BTreeSet<&String> = columns.iter().flat_map(|(_, cpu, _)| cpu.keys()).collect();
+    let is_process = |name: &str| name != MACHINE_BUSY && name != HOST_STEAL;
+    let stack_total =
+        |cpu: &BTreeMap<String, f64>| -> f64 { cpu.iter().filter(|(name, _)| is_process(name)).map(|(_, v)| v).sum() };
+    let names: BTreeSet<&String> = columns
+        .iter()
+        .flat_map(|(_, cpu, _)| cpu.keys())
+        .filter(|name| is_process(name))
+        .collect();
     for name in names {
         let cells: Vec<String> = columns
             .iter()
@@ -192,11 +199,26 @@ fn render_stack_cpu(out: &mut String, c: &Convergence) {
     let totals: Vec<String> = columns
         .iter()
         .map(|(_, cpu, secs)| {
-            let total: f64 = cpu.values().sum();
+            let total = stack_total(cpu);
             format!("**{total:.1}** ({:.2} cores)", total / secs.max(1e-9))
         })
         .collect();
-    let _ = writeln!(out, "| **all** | {} |\n", totals.join(" | "));
+    let _ = writeln!(out, "| **all** | {} |", totals.join(" | "));
+    // What else ran: another process's load, or the host's, slows a phase
+    // without showing in the stack's own CPU seconds.
+    let others: Vec<String> = columns
+        .iter()
+        .map(|(_, cpu, _)| match cpu.get(MACHINE_BUSY) {
+            Some(busy) => format!("{:.1}", z((busy - stack_total(cpu)).max(0.0))),
+            None => "?".to_owned(),
+        })
+        .collect();
+    let steal: Vec<String> = columns
+        .iter()
+        .map(|(_, cpu, _)| cpu.get(HOST_STEAL).map_or("?".to_owned(), |v| format!("{:.1}", z(*v))))
+        .collect();
+    let _ = writeln!(out, "| other processes | {} |", others.join(" | "));
+    let _ = writeln!(out, "| stolen by the host | {} |\n", steal.join(" | "));
 }
 
 /// Section 2, or any window's writes.

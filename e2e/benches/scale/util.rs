@@ -101,7 +101,39 @@ pub(crate) fn stack_cpu() -> std::collections::BTreeMap<String, f64> {
         let ticks: f64 = fields.get(11..last).map(|f| f.iter().sum()).unwrap_or(0.0);
         *total += ticks / crate::operator::clock_ticks();
     }
+    if let Some((busy, steal)) = machine_cpu() {
+        cpu.insert(MACHINE_BUSY.to_owned(), busy);
+        cpu.insert(HOST_STEAL.to_owned(), steal);
+    }
     cpu
+}
+
+/// The key of [`stack_cpu`] holding the CPU seconds every process of the
+/// machine used (the stack's, the benchmark's and any other's).
+pub(crate) const MACHINE_BUSY: &str = "(machine, all processes)";
+
+/// The key of [`stack_cpu`] holding the CPU seconds the hypervisor ran
+/// something else while this machine's processes were ready to run: a
+/// phase slowed by a busy host shows it here, not in its own processes.
+pub(crate) const HOST_STEAL: &str = "(stolen by the host)";
+
+/// Busy and stolen CPU seconds of the whole machine so far (`/proc/stat`:
+/// user, nice, system, irq, softirq; steal).
+fn machine_cpu() -> Option<(f64, f64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let ticks: Vec<f64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|f| f.parse().unwrap_or(0.0))
+        .collect();
+    let busy = [0, 1, 2, 5, 6]
+        .iter()
+        .map(|&i| ticks.get(i).copied().unwrap_or(0.0))
+        .sum::<f64>();
+    let steal = ticks.get(7).copied().unwrap_or(0.0);
+    let hz = crate::operator::clock_ticks();
+    Some((busy / hz, steal / hz))
 }
 
 /// `after - before`, by name.
