@@ -173,15 +173,16 @@ impl ControlPlane {
     }
 
     /// A new admin client (member of `system:masters`). Must be called inside a tokio runtime;
-    /// the client is bound to that runtime.
+    /// the client is bound to that runtime. Every client of the harness uses the operator's
+    /// own transport ([`countersign_operator::kube_client`]), so the tests exercise it.
     pub async fn client(&self) -> anyhow::Result<kube::Client> {
-        kube::Client::try_from(self.kube_config()).context("building admin kube client")
+        countersign_operator::kube_client::from_config(self.kube_config()).context("building admin kube client")
     }
 
     /// A new client that impersonates `user` in `groups` (via `Impersonate-User` /
     /// `Impersonate-Group` headers sent by the admin identity), so RBAC applies to `user`.
     pub async fn client_as(&self, user: &str, groups: &[&str]) -> anyhow::Result<kube::Client> {
-        kube::Client::try_from(self.kube_config_as(user, groups))
+        countersign_operator::kube_client::from_config(self.kube_config_as(user, groups))
             .with_context(|| format!("building kube client impersonating {user}"))
     }
 
@@ -563,7 +564,7 @@ async fn wait_ready(config: &kube::Config, children: &Mutex<Children>, log: &Pat
     let mut config = config.clone();
     config.connect_timeout = Some(Duration::from_secs(2));
     config.read_timeout = Some(Duration::from_secs(5));
-    let client = kube::Client::try_from(config).context("building readiness client")?;
+    let client = countersign_operator::kube_client::from_config(config).context("building readiness client")?;
     let deadline = Instant::now() + READY_TIMEOUT;
     loop {
         children.lock().unwrap_or_else(PoisonError::into_inner).check_alive()?;

@@ -575,7 +575,7 @@ async fn the_chart_installs_runs_the_operator_under_its_service_account_and_upgr
         token: Some(token.trim().to_string().into()),
         ..Default::default()
     };
-    let operator_client = kube::Client::try_from(config)?;
+    let operator_client = countersign_operator::kube_client::from_config(config)?;
     let key_secret = format!("{NAMESPACE}/countersign-encryption-key");
     must(
         "kubectl",

@@ -6,6 +6,7 @@ pub mod controller;
 pub mod error;
 pub mod guard;
 pub mod health;
+pub mod kube_client;
 pub mod license;
 pub mod metrics;
 pub mod run;

@@ -188,7 +188,7 @@ impl KeySource {
                     .map_err(|e| anyhow::anyhow!("--encryption-key-file {}: {e}", path.display()))
             }
             (Some(reference), None) => {
-                let client = kube::Client::try_default().await?;
+                let client = countersign_operator::kube_client::infer().await?;
                 Ok(countersign_operator::secret_key::load(&client, &reference).await?)
             }
             (None, None) => Err(anyhow::anyhow!(
@@ -272,7 +272,7 @@ async fn with_database(database_url: Option<String>, command: DatabaseCommand) -
                 Some(reference) => {
                     use countersign_operator::audit_anchor;
                     let (namespace, name) = audit_anchor::parse_reference("--audit-anchor", &reference)?;
-                    let client = kube::Client::try_default().await?;
+                    let client = countersign_operator::kube_client::infer().await?;
                     let anchor = audit_anchor::load(&client, &namespace, &name)
                         .await?
                         .ok_or_else(|| anyhow::anyhow!("the audit anchor ConfigMap {reference} does not exist"))?;
@@ -366,7 +366,7 @@ async fn with_database(database_url: Option<String>, command: DatabaseCommand) -
                     None
                 }
             };
-            let client = kube::Client::try_default().await?;
+            let client = countersign_operator::kube_client::infer().await?;
             let secret_key = std::sync::Arc::new(countersign_operator::secret_key::load(&client, &reference).await?);
             let extra_roots_pem = outbound_ca_file
                 .iter()

@@ -185,12 +185,13 @@ async fn service_account_token(client: &Client) -> anyhow::Result<String> {
         .ok_or_else(|| anyhow!("the TokenRequest came back without a token"))
 }
 
-/// A client from a kubeconfig file.
+/// A client from a kubeconfig file, on the operator's own transport (the
+/// bare client's writes travel as the operator's do).
 async fn client_from(path: &std::path::Path) -> anyhow::Result<Client> {
     let kubeconfig =
         kube::config::Kubeconfig::read_from(path).with_context(|| format!("reading {}", path.display()))?;
     let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?;
-    Ok(Client::try_from(config)?)
+    Ok(countersign_operator::kube_client::from_config(config)?)
 }
 
 /// The operator's encryption key: 32 random bytes in a Secret, as `scripts/up.sh` makes it.
