@@ -23,6 +23,7 @@ pub mod outcome;
 pub mod record;
 pub mod report;
 pub mod secrets;
+pub mod tenancy;
 pub mod tenant;
 pub mod validation;
 pub mod webhook_subscription;

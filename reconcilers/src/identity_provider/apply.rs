@@ -83,6 +83,7 @@ pub async fn write(
     who: &Attribution,
 ) -> Result<Uuid, crate::Error> {
     let mut tx = pool.begin().await?;
+    crate::tenancy::hold_admitting(&mut tx, w.values.tenant_id, &who.namespace).await?;
     let c = columns(w);
     let is_saml = c.protocol == "SAML";
     let old_secret: Option<Uuid> = match w.row_id {

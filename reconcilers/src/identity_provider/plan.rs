@@ -189,7 +189,7 @@ pub fn plan(desired: DesiredIdp, observed: &Observed, subject: &Subject<'_>) -> 
     let Some(tenant) = &observed.tenant else {
         return Plan::WaitForTenant;
     };
-    if !tenant.allowed_namespaces.iter().any(|ns| ns == subject.namespace) {
+    if !tenant.admits(subject.namespace) {
         return Plan::NotPermitted {
             tenant_slug: tenant.slug.clone(),
         };
@@ -275,6 +275,7 @@ mod tests {
             id: Uuid::from_u128(1),
             slug: "acme".into(),
             allowed_namespaces: vec!["team-a".into()],
+            instance_fingerprint: None,
         }
     }
 

@@ -1,6 +1,8 @@
 //! Reads what the database holds for an IdentityProvider (I/O, no writes).
 
 use crate::db::{self, Ownership};
+pub use crate::tenancy::TenantLive;
+use crate::tenancy::tenant_by_object;
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -53,17 +55,6 @@ pub struct IdpRow {
     pub sso_url: Option<String>,
 }
 
-/// The tenant the provider attaches to, as live in the database.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TenantLive {
-    /// Tenant row id.
-    pub id: Uuid,
-    /// Tenant slug, for messages.
-    pub slug: String,
-    /// Namespaces the approved tenant configuration allows.
-    pub allowed_namespaces: Vec<String>,
-}
-
 /// Everything the planner needs to know about the database.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Observed {
@@ -90,27 +81,6 @@ macro_rules! select_idp {
             $tail
         )
     };
-}
-
-/// The live tenant row that the Tenant object `tenant_name` manages. The
-/// approved row, not the object's spec, decides which namespaces may attach:
-/// a namespace added by an unapproved tenant change grants nothing.
-pub async fn tenant_by_object<'e, E: sqlx::PgExecutor<'e>>(
-    executor: E,
-    tenant_name: &str,
-) -> Result<Option<TenantLive>, sqlx::Error> {
-    let row: Option<(Uuid, String, Vec<String>)> = sqlx::query_as(
-        "SELECT t.id, t.slug, t.allowed_namespaces FROM managed_objects m JOIN tenants t ON t.id = m.row_id
-          WHERE m.kind = 'Tenant' AND m.object_name = $1 AND t.deleted_at IS NULL",
-    )
-    .bind(tenant_name)
-    .fetch_optional(executor)
-    .await?;
-    Ok(row.map(|(id, slug, allowed_namespaces)| TenantLive {
-        id,
-        slug,
-        allowed_namespaces,
-    }))
 }
 
 /// Loads the tenant, this object's row, and whichever other row holds (tenant, name).

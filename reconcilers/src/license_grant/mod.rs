@@ -434,6 +434,7 @@ mod tests {
         let tenant = TenantLive {
             id: Uuid::nil(),
             slug: "acme".into(),
+            allowed_namespaces: Vec::new(),
             instance_fingerprint: None,
         };
         let cases = [

@@ -345,6 +345,7 @@ mod tests {
         TenantLive {
             id: Uuid::from_u128(id),
             slug: "acme".into(),
+            allowed_namespaces: Vec::new(),
             instance_fingerprint: fingerprint.map(str::to_string),
         }
     }

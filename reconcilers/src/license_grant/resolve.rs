@@ -1,6 +1,8 @@
 //! Reads what the database holds for a LicenseGrant (I/O, no writes).
 
 use crate::db::{self, Ownership};
+pub use crate::tenancy::TenantLive;
+use crate::tenancy::tenant_by_object;
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -40,17 +42,6 @@ pub struct GrantRow {
     pub signature: String,
 }
 
-/// The tenant the grant is for, as live in the database.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TenantLive {
-    /// Tenant row id.
-    pub id: Uuid,
-    /// Slug, for messages.
-    pub slug: String,
-    /// The instance fingerprint the approved tenant row holds.
-    pub instance_fingerprint: Option<String>,
-}
-
 /// Everything the planner needs to know about the database.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Observed {
@@ -74,26 +65,6 @@ macro_rules! select_grant {
             $tail
         )
     };
-}
-
-/// The live tenant row that the Tenant object `tenant_name` manages, with
-/// the fingerprint of its approved configuration (not the object's spec).
-pub async fn tenant_by_object<'e, E: sqlx::PgExecutor<'e>>(
-    executor: E,
-    tenant_name: &str,
-) -> Result<Option<TenantLive>, sqlx::Error> {
-    let row: Option<(Uuid, String, Option<String>)> = sqlx::query_as(
-        "SELECT t.id, t.slug, t.instance_fingerprint FROM managed_objects m JOIN tenants t ON t.id = m.row_id
-          WHERE m.kind = 'Tenant' AND m.object_name = $1 AND t.deleted_at IS NULL",
-    )
-    .bind(tenant_name)
-    .fetch_optional(executor)
-    .await?;
-    Ok(row.map(|(id, slug, instance_fingerprint)| TenantLive {
-        id,
-        slug,
-        instance_fingerprint,
-    }))
 }
 
 /// The row holding a grant ID.

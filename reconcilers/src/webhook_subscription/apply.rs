@@ -21,17 +21,7 @@ fn is_url_taken(e: &sqlx::Error) -> bool {
 /// replaces it (always on insert: the column is NOT NULL). Returns the row id.
 pub async fn write(pool: &PgPool, w: &Write, sealed: Option<&Sealed>, who: &Attribution) -> Result<Uuid, crate::Error> {
     let mut tx = pool.begin().await?;
-    // The tenant's permission was read before the transaction; hold its row
-    // shared and look again, so a tenant edit that drops this namespace
-    // cannot slip in between the check and the write.
-    let allowed: Option<Vec<String>> =
-        sqlx::query_scalar("SELECT allowed_namespaces FROM tenants WHERE id = $1 AND deleted_at IS NULL FOR SHARE")
-            .bind(w.values.tenant_id)
-            .fetch_optional(&mut *tx)
-            .await?;
-    if !allowed.is_some_and(|ns| ns.contains(&who.namespace)) {
-        return Err(crate::Error::Raced("the tenant".into()));
-    }
+    crate::tenancy::hold_admitting(&mut tx, w.values.tenant_id, &who.namespace).await?;
     let old_secret: Option<Uuid> = match w.row_id {
         Some(id) => {
             sqlx::query_scalar("SELECT secret_ref FROM webhook_subscriptions WHERE id = $1 FOR UPDATE")

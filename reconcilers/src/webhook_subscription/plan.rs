@@ -157,7 +157,7 @@ pub fn plan(desired: DesiredSubscription, observed: &Observed, subject: &Subject
     let Some(tenant) = &observed.tenant else {
         return Plan::WaitForTenant;
     };
-    if !tenant.allowed_namespaces.iter().any(|ns| ns == subject.namespace) {
+    if !tenant.admits(subject.namespace) {
         return Plan::NotPermitted {
             tenant_slug: tenant.slug.clone(),
         };
@@ -253,6 +253,7 @@ mod tests {
                 id: Uuid::from_u128(1),
                 slug: "acme".into(),
                 allowed_namespaces: vec!["team-a".into()],
+                instance_fingerprint: None,
             }),
             ours: None,
             url_taken: None,

@@ -1,7 +1,7 @@
 //! Reads what the database holds for a WebhookSubscription (I/O, no writes).
 
 use crate::db::{self, Ownership};
-pub use crate::identity_provider::resolve::TenantLive;
+pub use crate::tenancy::TenantLive;
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -50,7 +50,7 @@ macro_rules! select_row {
 pub async fn observe(pool: &PgPool, uid: &str, tenant_name: &str, url: &str) -> Result<Observed, sqlx::Error> {
     // The approved tenant row decides which namespaces may attach, exactly
     // as for identity providers (one rule, one implementation).
-    let tenant = crate::identity_provider::resolve::tenant_by_object(pool, tenant_name).await?;
+    let tenant = crate::tenancy::tenant_by_object(pool, tenant_name).await?;
     let ours = match db::owned_by_object(pool, super::KIND, uid).await? {
         Some(owner) => {
             let row: Option<SubscriptionRow> = sqlx::query_as(select_row!("WHERE id = $1 AND deleted_at IS NULL"))
