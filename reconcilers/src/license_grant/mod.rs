@@ -39,6 +39,7 @@ pub mod plan;
 pub mod resolve;
 pub mod signature;
 pub mod validate;
+pub mod validity;
 
 use crate::approval::{self, ApprovedChange};
 use crate::audit::Actor;
@@ -50,12 +51,13 @@ use chrono::{DateTime, Utc};
 use countersign_crds::approval_policy::Operation;
 use countersign_crds::status::{READY, RECONCILING, STALLED, SYNCED};
 use countersign_crds::{ConditionStatus, LicenseGrant, annotations};
-use plan::{Cause, Plan, Validity};
+use plan::{Cause, Plan};
 use resolve::{Observed, TenantLive};
 use sqlx::PgPool;
 use std::collections::BTreeMap;
 use uuid::Uuid;
 use validate::DesiredGrant;
+use validity::Validity;
 
 pub use crate::report::{DeletionGate, failed};
 
@@ -281,10 +283,10 @@ async fn imported_status(
         _ => grant.license_type.clone(),
     };
     let quota = resolve::quota(pool, tenant.id, &license_type).await?;
-    let validity = plan::validity(grant, revoked_at, now);
+    let standing = validity::validity(grant, revoked_at, now);
     Ok(Outcome {
-        requeue_after: plan::next_change(validity, grant, now),
-        ..imported_outcome(grant, tenant, validity, &license_type, quota, row_id, digest)
+        requeue_after: validity::next_change(standing, grant, now),
+        ..imported_outcome(grant, tenant, standing, &license_type, quota, row_id, digest)
     })
 }
 
