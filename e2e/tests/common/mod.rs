@@ -57,17 +57,21 @@ pub async fn wait_row(
     }
 }
 
-/// The notes of the `Drifted` events recorded for an object, once there is
-/// one (or after 10 s, empty): the operator records the event after the
-/// transaction that restores the row, so a test that has just seen the row
-/// restored may ask before the event exists.
+/// The notes of the `Drifted` events recorded about `name` (see [`events_with_reason`]).
 pub async fn drifted_events(client: &Client, name: &str) -> anyhow::Result<Vec<String>> {
+    events_with_reason(client, name, "Drifted").await
+}
+
+/// The notes of the events with `reason` recorded about `name`, waiting up
+/// to 10 s for the first: the operator records an event after the status or
+/// row it is about, so a test that saw the status may list events too early.
+pub async fn events_with_reason(client: &Client, name: &str, reason: &str) -> anyhow::Result<Vec<String>> {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let notes: Vec<String> = events_for(client, name)
             .await?
             .into_iter()
-            .filter(|(reason, _)| reason == "Drifted")
+            .filter(|(r, _)| r == reason)
             .map(|(_, note)| note)
             .collect();
         if !notes.is_empty() || Instant::now() >= deadline {
